@@ -2,7 +2,8 @@
 and accuracy-versus-stage plots. Reports go into the output folder as JSON + PNG.
 
 Each training run is one Ray task (num_cpus=1, one torch thread, the GPU when the node has one), so
-the K × seeds redundancy runs spread over whatever cluster the driver is attached to.
+the K × seeds redundancy runs spread over whatever cluster the driver is attached to. Both train on
+the set's own labels whatever `eval.protocol` says: they measure what the images' labels teach.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import torch
 
 from . import plots
 from .core.analysis import assemble, cartography, summarize_matrix, train_on_increment_and_test
-from .core.config import Config
+from .core.config import Config, EvalConfig
 from .core.data import ImageSet
 from .core.errors import UserError
-from .core.evaluate import EvalSettings, epochs_for_ipc
+from .core.evaluate import epochs_for_ipc
 from .core.students import build_student
-from .evaluation import eval_settings
+from .core.train import TrainSettings
 from .pipeline import load_run_config, resolve_run
 from .store import OutputDir, stage_name
 
@@ -34,7 +35,7 @@ def _device() -> str:
 
 
 @ray.remote(num_cpus=1)
-def _increment_task(increments: list[ImageSet], train_index: int, settings: EvalSettings, seed: int,
+def _increment_task(increments: list[ImageSet], train_index: int, settings: EvalConfig, seed: int,
                     num_classes: int) -> dict:
     torch.set_num_threads(1)
     first = increments[0]
@@ -43,11 +44,11 @@ def _increment_task(increments: list[ImageSet], train_index: int, settings: Eval
 
 
 @ray.remote(num_cpus=1)
-def _cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalSettings, seed: int, epochs: int) -> dict:
+def _cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, seed: int, epochs: int) -> dict:
     torch.set_num_threads(1)
     factory = functools.partial(build_student, settings.arch, data.num_classes, data.image_size, data.in_channels,
                                 seed=seed, field="eval.arch")
-    train_settings = settings.train_settings(seed, epochs)
+    train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
     return cartography(factory, data, train_settings, device=_device(), stage=stage)
 
@@ -78,8 +79,8 @@ def _load_run(out_uri: str, min_stages: int) -> _Run:
     return _Run(out, cfg, run.class_ids, stages, increments)
 
 
-def _settings(run: _Run, seeds: list[int] | None, epochs: int | None) -> tuple[EvalSettings, list[int]]:
-    settings = eval_settings(run.cfg.eval)
+def _settings(run: _Run, seeds: list[int] | None, epochs: int | None) -> tuple[EvalConfig, list[int]]:
+    settings = run.cfg.eval
     if epochs is not None:
         settings = dataclasses.replace(settings, epochs=int(epochs))
     return settings, list(seeds) if seeds is not None else list(settings.seeds)

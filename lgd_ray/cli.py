@@ -68,12 +68,15 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .pipeline import init_ray, resolve_classes_only
+    from .evaluation import load_teacher
+    from .pipeline import data_channels, init_ray, resolve_classes_only
 
     cfg = _load(a)
-    resolve_classes_only(cfg)  # the data must be there before anything starts
+    class_ids = resolve_classes_only(cfg)  # the data (and a soft protocol's teacher) must be there before anything starts
+    teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
     init_ray()
-    result = run_demo(cfg, a.out, overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps)
+    result = run_demo(cfg, a.out, overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps,
+                      teacher=teacher)
     print(result["table"])
     print(f"\nreport.md, results.json and progression.png in {a.out}; previews in {a.out}/lgd/preview")
     return 0
@@ -82,7 +85,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .core.config import set_key, parse_override, validate
     from .core.data import load_split, materialize
-    from .evaluation import evaluate_sets
+    from .evaluation import evaluate_sets, load_teacher
     from .pipeline import init_ray, load_run_config, resolve_run
     from .report import results_table
     from .store import OutputDir
@@ -98,11 +101,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         from .core.errors import UserError
 
         raise UserError("run", f"{a.run} has no complete stage", "finish it with `lgd-ray distill`")
+    teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)
     init_ray()
     data = src.read_stages(stages, run.class_ids)
     val = materialize(load_split(cfg.data, cfg.data.val_split, run.class_ids))
     name = f"{a.run} (stages 0..{stages[-1]})"
-    summary = evaluate_sets({name: data}, val, cfg.eval, progress=not a.quiet)[name]
+    summary = evaluate_sets({name: data}, val, cfg.eval, teacher=teacher, progress=not a.quiet)[name]
     ipc = len(data) // len(run.class_ids)
     result = {name: {**summary, "ipc": ipc, "images": len(data), "reference_acc_on_set": None}}
     out = OutputDir(a.out or a.run)
@@ -112,9 +116,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_train_reference(a: argparse.Namespace) -> int:
-    from .pipeline import init_ray, resolve_run, weights_bytes
+    from .pipeline import init_ray, resolve_run
     from .store import OutputDir
-    from .training import train_with_ray
+    from .training import train_with_ray, write_classifier
 
     cfg = _load(a)
     run = resolve_run(cfg)
@@ -122,8 +126,8 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
     out = OutputDir(a.out)
     state, metrics = train_with_ray(cfg, out, role="reference", name="reference", class_ids=run.class_ids,
                                     in_channels=run.in_channels, stages=None, init=None, seed=cfg.seed)
-    out.write_bytes("model.safetensors", weights_bytes(state))
-    out.write_text("metrics.json", json.dumps({**metrics, "arch": cfg.reference.arch, "classes": run.class_ids}, indent=1))
+    write_classifier(out, state, arch=cfg.reference.arch, class_ids=run.class_ids, image_size=cfg.data.image_size,
+                     in_channels=run.in_channels, metrics=metrics)
     print(f"reference saved to {out.path('model.safetensors')}: val acc {metrics.get('val_acc', float('nan')):.3f}")
     return 0
 
@@ -239,14 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("evaluate", help="the field's protocol on a distilled output: train from scratch, test on real val")
+    p = sub.add_parser("evaluate", help="the field's protocol on a distilled output: train from scratch, test on real val "
+                                        "(eval.protocol=hard, or soft with eval.teacher relabelling every batch)")
     p.add_argument("run", help="an output folder of `lgd-ray distill`")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="eval overrides, e.g. eval.seeds=[0,1,2,3,4]")
     _out_arg(p, required=False)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("train-reference", help="train the reference model θ* on the real training data (Ray Train)")
+    p = sub.add_parser("train-reference", help="train the reference model θ* on the real training data (Ray Train); "
+                                               "its --out folder also serves as eval.teacher")
     p.add_argument("config", nargs="?", default=None)
     _config_args(p)
     _out_arg(p)

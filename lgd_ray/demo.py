@@ -14,10 +14,12 @@ import copy
 import json
 from pathlib import Path
 
+import torch
+
 from .analysis import cartography_report, progression_plot, redundancy
 from .core.config import Config
 from .core.data import load_split, materialize, random_subset_per_class
-from .evaluation import evaluate_sets, reference_fidelity
+from .evaluation import evaluate_sets, load_teacher, reference_fidelity
 from .pipeline import distill, load_weights, log, resolve_classes_only, resolve_run
 from .report import results_table
 from .store import OutputDir, stage_name
@@ -41,8 +43,6 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> C
     """A user's image folder with the built-in digits generator: train one on the folder first."""
     if cfg.data.name == "digits" or cfg.generator.path != "builtin:digits":
         return cfg
-    import torch
-
     from .core.train_generator import GeneratorTrainSettings, train_generator
 
     path = join(out_uri, "generator")
@@ -60,9 +60,12 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> C
 
 
 def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bool = True,
-             generator_steps: int = 3000, full_epochs: int = 30) -> dict:
+             generator_steps: int = 3000, full_epochs: int = 30, teacher: torch.nn.Module | None = None) -> dict:
+    """`teacher`: the soft protocol's (eval.protocol=soft), when the caller loaded it already."""
     cfg = ensure_generator(cfg, out_uri, generator_steps, progress)
     run = resolve_run(cfg)
+    if teacher is None:
+        teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)
     d = cfg.distill
     stages = list(range(d.stages + 1))
     ipc = d.ipc_seed + d.stages * d.ipc_per_stage
@@ -90,10 +93,11 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
         for name, out in generated.items():
             sets[(name, i)] = out.read_stages(stages[:i + 1], run.class_ids)
     log(progress, f"evaluating {len(sets)} sets x {len(cfg.eval.seeds)} seeds ({cfg.eval.arch})")
-    summaries = evaluate_sets({f"{m}|{i}": s for (m, i), s in sets.items()}, val, cfg.eval, progress=progress)
+    summaries = evaluate_sets({f"{m}|{i}": s for (m, i), s in sets.items()}, val, cfg.eval, teacher=teacher,
+                              progress=progress)
     full_eval = copy.deepcopy(cfg.eval)
     full_eval.epochs = full_epochs
-    summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, progress=progress)[FULL]
+    summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, teacher=teacher, progress=progress)[FULL]
 
     reference = _reference(cfg, uris[lgd_name], run)
     last = stages[-1]
@@ -146,6 +150,11 @@ def _reference(cfg: Config, lgd_uri: str, run):
     return load_state(build_student(cfg.reference.arch, len(run.class_ids), cfg.data.image_size, run.in_channels), state)
 
 
+def _protocol(cfg: Config) -> str:
+    e = cfg.eval
+    return f"soft labels from {e.teacher} at T = {e.temperature}" if e.protocol == "soft" else "hard labels"
+
+
 def _report(cfg: Config, table: str, results: dict, uris: dict, full_epochs: int) -> str:
     d = cfg.distill
     red = "\n".join(f"| {name} | {100 * r['cross_increment_acc']:.1f} | {r['cross_increment_loss']:.3f} |"
@@ -159,7 +168,7 @@ def _report(cfg: Config, table: str, results: dict, uris: dict, full_epochs: int
 
 Data: {cfg.data.name}; generator: {cfg.generator.path} ({cfg.generator.scheduler}, {cfg.generator.num_steps} steps).
 IPC {d.ipc_seed} (seed) + {d.stages} x {d.ipc_per_stage}; λ={d.lam}, ω={d.omega}, κ={d.k}, γ={d.gamma}, window {d.window}.
-Evaluation: {cfg.eval.arch}, {cfg.eval.epochs} epochs ({full_epochs} for the full data), seeds {cfg.eval.seeds}.
+Evaluation: {cfg.eval.arch}, {cfg.eval.epochs} epochs ({full_epochs} for the full data), seeds {cfg.eval.seeds}, {_protocol(cfg)}.
 Config hash {cfg.hash()}.
 
 {table}

@@ -1,41 +1,76 @@
-"""The evaluation protocol on Ray: one task per (method, seed), run wherever there is a free CPU/GPU."""
+"""The evaluation protocol on Ray: one task per (set, seed), run wherever there is a free CPU/GPU.
+
+With `eval.protocol=soft` the driver loads the teacher once (`load_teacher`, before Ray starts when
+called from the CLI, so a bad `eval.teacher` costs nothing) and puts it in the object store once;
+every task gets that one copy.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
 import ray
 import torch
+from safetensors.torch import load as load_safetensors
 
 from .core.config import EvalConfig
 from .core.data import ImageSet
-from .core.evaluate import EvalSettings, evaluate_seed, summarize
+from .core.errors import UserError
+from .core.evaluate import evaluate_seed, summarize
+from .core.teacher import FIELD, checkpoint_files, parse_teacher, teacher_from_checkpoint, teacher_from_timm
 from .core.train import evaluate_accuracy
+from .store import OutputDir
 
 
-def eval_settings(e: EvalConfig) -> EvalSettings:
-    return EvalSettings(arch=e.arch, seeds=list(e.seeds), epochs=e.epochs, batch_size=e.batch_size, lr=e.lr,
-                        optimizer=e.optimizer, weight_decay=e.weight_decay, schedule=e.schedule, augment=e.augment,
-                        cutmix=e.cutmix, eval_every=e.eval_every)
+def _read(path: str) -> bytes:
+    folder, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    src = OutputDir(folder)
+    if not src.exists(name):
+        raise UserError(FIELD, f"{path} not found",
+                        "give the --out folder of `lgd-ray train-reference`, or timm:<name> (e.g. timm:resnet18)")
+    return src.read_bytes(name)
+
+
+def load_teacher(e: EvalConfig, class_ids: Sequence[str], image_size: int, in_channels: int) -> torch.nn.Module | None:
+    """The soft protocol's frozen teacher over the run's classes (None for hard); local, s3:// or gs://
+    checkpoints of `lgd-ray train-reference`, or timm:<name>. Every problem is a UserError on eval.teacher."""
+    if e.protocol != "soft":
+        return None
+    kind, name = parse_teacher(e.teacher or "")
+    if kind == "timm":
+        return teacher_from_timm(name, class_ids, in_channels=in_channels)
+    weights, meta = checkpoint_files(name)
+    try:
+        meta_dict = json.loads(_read(meta))
+    except json.JSONDecodeError:
+        raise UserError(FIELD, f"{meta} is not JSON", "give the --out folder of `lgd-ray train-reference`") from None
+    return teacher_from_checkpoint(load_safetensors(_read(weights)), meta_dict, class_ids, image_size=image_size,
+                                   in_channels=in_channels, source=name)
 
 
 @ray.remote(num_cpus=1)
-def _seed_task(train_set: ImageSet, val_set, settings: EvalSettings, seed: int, num_classes: int) -> dict:
+def _seed_task(train_set: ImageSet, val_set: ImageSet, settings: EvalConfig, seed: int, num_classes: int,
+               teacher: torch.nn.Module | None) -> dict:
     torch.set_num_threads(1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return evaluate_seed(train_set, val_set, settings, seed, num_classes=num_classes, image_size=val_set.image_size,
-                         in_channels=val_set.in_channels, device=device)
+                         in_channels=val_set.in_channels, device=device, teacher=teacher)
 
 
-def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *, progress: bool = True,
-                  gpus_per_task: float = 0.0) -> dict[str, dict]:
-    """Train-from-scratch evaluation of every set over every seed, in parallel; summaries by set name."""
-    settings = eval_settings(e)
-    val_ref = ray.put(val_set)
+def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *, teacher: torch.nn.Module | None = None,
+                  progress: bool = True, gpus_per_task: float = 0.0) -> dict[str, dict]:
+    """Train-from-scratch evaluation of every set over every seed, in parallel; summaries by set name.
+    The soft protocol's teacher is loaded here unless given (`load_teacher`)."""
+    if teacher is None:
+        teacher = load_teacher(e, val_set.class_ids, val_set.image_size, val_set.in_channels)
+    val_ref, teacher_ref = ray.put(val_set), ray.put(teacher)
     task = _seed_task.options(num_gpus=gpus_per_task) if gpus_per_task else _seed_task
     refs = {}
     for name, s in sets.items():
         set_ref = ray.put(s.resized(val_set.image_size))
         for seed in e.seeds:
-            refs[task.remote(set_ref, val_ref, settings, seed, val_set.num_classes)] = (name, seed)
+            refs[task.remote(set_ref, val_ref, e, seed, val_set.num_classes, teacher_ref)] = (name, seed)
     per: dict[str, list[dict]] = {name: [] for name in sets}
     bar = None
     if progress:
@@ -51,7 +86,9 @@ def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *
             bar.update(1)
     if bar:
         bar.close()
-    return {name: summarize(sorted(rs, key=lambda r: r["seed"])) for name, rs in per.items()}
+    protocol = {"protocol": e.protocol, **({"temperature": e.temperature, "teacher": e.teacher}
+                                           if e.protocol == "soft" else {})}
+    return {name: {**summarize(sorted(rs, key=lambda r: r["seed"])), **protocol} for name, rs in per.items()}
 
 
 def reference_fidelity(reference: torch.nn.Module, s: ImageSet, image_size: int) -> float:

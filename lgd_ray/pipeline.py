@@ -62,6 +62,11 @@ class RunInfo:
     in_channels: int
 
 
+def data_channels(cfg: Config) -> int:
+    """Channels of the run's images: the digits are grey, every other source is RGB."""
+    return 1 if cfg.data.name == "digits" else 3
+
+
 def resolve_classes_only(cfg: Config) -> list[str]:
     """The run's class ids, checked against the data source."""
     d = cfg.data
@@ -100,7 +105,7 @@ def resolve_run(cfg: Config) -> RunInfo:
     if cfg.distill.seed_source and not os.path.exists(cfg.distill.seed_source):
         raise UserError("distill.seed_source", f"{cfg.distill.seed_source!r} does not exist",
                         "give a Parquet file/folder or an image folder")
-    in_channels = 1 if d.name == "digits" else 3
+    in_channels = data_channels(cfg)
     return RunInfo(class_ids, class_map, in_channels)
 
 

@@ -1,12 +1,15 @@
 """Student and reference training with Ray Train (TorchTrainer, DDP over `ray.train_workers` workers).
 
 Workers read their data themselves (the stage's Parquet parts, or the real data source) from the
-shared output path, so nothing large passes through the driver. Rank 0 reports the weights as a
-safetensors checkpoint; the driver copies them to `<out>/checkpoints/...` (or `<out>/reference/`).
+shared output path, so nothing large passes through the driver. `batch_size` is global: each of the
+W workers trains on a disjoint shard of the set per epoch with batch_size // W images a step. Rank 0
+reports the weights as a safetensors checkpoint; the driver copies them to `<out>/checkpoints/...`
+(or `<out>/reference/`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,23 +19,17 @@ import ray.train
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from .core.config import Config, from_dict
 from .core.data import load_split
 from .core.students import build_student
-from .core.train import TrainSettings, evaluate_accuracy, train_classifier
+from .core.train import TrainSettings, evaluate_accuracy, shard_sampler, train_classifier, worker_batch_size
 from .store import OutputDir
 
 
-def settings_from(section, seed: int) -> TrainSettings:
-    return TrainSettings(epochs=section.epochs, batch_size=section.batch_size, lr=section.lr,
-                         optimizer=section.optimizer, weight_decay=section.weight_decay,
-                         schedule=section.schedule, augment=section.augment, seed=seed)
-
-
 def _train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: its shard of the set, batch_size // workers images a step."""
     cfg = from_dict(config["cfg"])
     class_ids = config["class_ids"]
     if config["stages"] is None:
@@ -40,22 +37,24 @@ def _train_loop(config: dict) -> None:
     else:
         train_set = OutputDir(config["out"]).read_stages(config["stages"], class_ids=class_ids).resized(cfg.data.image_size)
     val_set = load_split(cfg.data, cfg.data.val_split, class_ids)
-    section = cfg.reference if config["role"] == "reference" else cfg.student
+    role = config["role"]
+    section = cfg.reference if role == "reference" else cfg.student
     device = ray.train.torch.get_device()
     model = build_student(section.arch, len(class_ids), cfg.data.image_size, config["in_channels"], seed=config["seed"])
     if config["init"] is not None:
         model.load_state_dict(config["init"], strict=True)
     model = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
-    sampler = None
-    if ctx.get_world_size() > 1:
-        sampler = torch.utils.data.DistributedSampler(train_set, shuffle=True, seed=config["seed"])
-    settings = settings_from(section, config["seed"])
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    sampler = shard_sampler(train_set, world, rank, config["seed"])
+    settings = TrainSettings.from_section(section, config["seed"])
+    settings.batch_size = worker_batch_size(section.batch_size, world, f"{role}.batch_size")
     train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False)
     net = model.module if hasattr(model, "module") else model
     acc, loss = evaluate_accuracy(net, val_set, device=device)
-    metrics = {"val_acc": acc, "val_loss": loss, "train_images": len(train_set)}
-    if ctx.get_world_rank() == 0:
+    metrics = {"val_acc": acc, "val_loss": loss, "train_images": len(train_set),
+               "global_batch": settings.batch_size * world}
+    if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, os.path.join(d, "model.safetensors"))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
@@ -85,3 +84,13 @@ def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_i
         shutil.rmtree(result.path, ignore_errors=True)
     return weights, dict(result.metrics or {})
 
+
+def write_classifier(out: OutputDir, state: dict[str, torch.Tensor], *, arch: str, class_ids: list[str],
+                     image_size: int, in_channels: int, metrics: dict | None = None) -> None:
+    """model.safetensors + metrics.json, the output of `lgd-ray train-reference`: a θ* for
+    `reference.path` and a teacher for `eval.teacher`, whose loader rebuilds the net from the arch,
+    the classes (in output order) and the input size recorded here."""
+    out.write_bytes("model.safetensors", save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+    meta = {**(metrics or {}), "arch": arch, "classes": list(class_ids), "image_size": image_size,
+            "in_channels": in_channels}
+    out.write_text("metrics.json", json.dumps(meta, indent=1))

@@ -12,14 +12,14 @@ import torch
 from PIL import Image
 
 from lgd_ray.core.analysis import Regions, cartography, cross_increment_matrix, summarize_matrix
+from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.data import ImageSet
-from lgd_ray.core.evaluate import EvalSettings
 from lgd_ray.core.students import build_student
 from lgd_ray.core.train import TrainSettings
 
 torch.set_num_threads(1)
 
-FAST = EvalSettings(arch="convnet2-w8", seeds=[0], epochs=10, batch_size=16, lr=0.05, augment="none", eval_every=0)
+FAST = EvalConfig(arch="convnet2-w8", seeds=[0], epochs=10, batch_size=16, lr=0.05, augment="none", eval_every=0)
 
 
 def separable(num_classes: int, per_class: int, noise_seed: int) -> ImageSet:

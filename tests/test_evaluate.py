@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from lgd_ray.core import evaluate
 from conftest import quadrant_set
+from lgd_ray.core import evaluate
+from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.errors import UserError
-from lgd_ray.core.evaluate import EvalSettings, epochs_for_ipc, evaluate_seed, evaluate_set, summarize
+from lgd_ray.core.evaluate import epochs_for_ipc, evaluate_seed, evaluate_set, summarize
 
 
 TINY = dict(arch="convnet2-w8", epochs=6, batch_size=8, lr=0.05, schedule="constant", augment="shift", eval_every=2)
@@ -39,7 +40,7 @@ def test_summarize_known_numbers():
 
 def test_evaluate_seed_trains_tests_and_is_seeded():
     train, val = quadrant_set(8, 0), quadrant_set(8, 1)
-    settings = EvalSettings(**TINY)
+    settings = EvalConfig(**TINY)
     r = evaluate_seed(train, val, settings, 3, **SHAPE)
     assert r["seed"] == 3 and r["epochs"] == 6
     tested = [h for h in r["history"] if "val_acc" in h]
@@ -62,7 +63,7 @@ def test_evaluate_set_loops_seeds_and_summarizes(monkeypatch):
 
     monkeypatch.setattr(evaluate, "epochs_for_ipc", fake_epochs)
     train, val = quadrant_set(5, 0), quadrant_set(2, 1)  # 20 images of 4 classes: IPC 5
-    out = evaluate_set(train, val, EvalSettings(**{**TINY, "epochs": None, "eval_every": 0}, seeds=[0, 1]), **SHAPE)
+    out = evaluate_set(train, val, EvalConfig(**{**TINY, "epochs": None, "eval_every": 0}, seeds=[0, 1]), **SHAPE)
     assert seen_ipc == [5, 5]
     assert out["n"] == 2 and [r["seed"] for r in out["per_seed"]] == [0, 1]
     assert all(r["epochs"] == 2 and len(r["history"]) == 2 for r in out["per_seed"])
@@ -73,6 +74,6 @@ def test_evaluate_set_loops_seeds_and_summarizes(monkeypatch):
 
 def test_unknown_eval_arch_names_eval_field():
     with pytest.raises(UserError) as e:
-        evaluate_seed(quadrant_set(1, 0), quadrant_set(1, 1), EvalSettings(arch="nope"), 0, **SHAPE)
+        evaluate_seed(quadrant_set(1, 0), quadrant_set(1, 1), EvalConfig(arch="nope"), 0, **SHAPE)
     assert e.value.field == "eval.arch"
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lgd_ray.core.data import load_digits_split, random_subset_per_class
 from lgd_ray.core.errors import UserError
-from lgd_ray.core.evaluate import evaluate_seed_soft_label, soft_label_settings
+from lgd_ray.core.evaluate import evaluate_seed, soft_label_settings
 from lgd_ray.core.students import build_student
 from lgd_ray.core.train import (SOFT_LABEL_TEMPERATURE, TrainSettings, predict_logits, soft_label_loss,
                                 train_classifier, train_soft_label)
@@ -146,12 +146,17 @@ def test_bad_temperature_and_mismatched_teacher(digits, teacher):
 
 def test_protocol_settings_and_evaluate_seed(digits, teacher):
     s = soft_label_settings()
-    assert (s.arch, s.epochs, s.optimizer, s.lr, s.weight_decay, s.schedule, s.cutmix) == (
-        "resnet18", 300, "adamw", 1e-3, 0.01, "cosine", 1.0)
+    assert (s.arch, s.epochs, s.optimizer, s.lr, s.weight_decay, s.schedule, s.cutmix, s.protocol, s.temperature) == (
+        "resnet18", 300, "adamw", 1e-3, 0.01, "cosine", 1.0, "soft", 20.0)
     train, val = digits
     distilled = train.subset(random_subset_per_class(train.labels, 5, seed=0))
     settings = soft_label_settings(arch="convnet2-w8", epochs=3, batch_size=32, augment="shift", eval_every=1)
-    r = evaluate_seed_soft_label(distilled, val, settings, 0, teacher=teacher, num_classes=10, image_size=8,
-                                 in_channels=1)
-    assert r["protocol"] == "soft_label" and r["temperature"] == 20.0 and r["epochs"] == 3
+    r = evaluate_seed(distilled, val, settings, 0, teacher=teacher, num_classes=10, image_size=8, in_channels=1)
+    assert r["protocol"] == "soft" and r["temperature"] == 20.0 and r["epochs"] == 3
     assert 0 <= r["final_acc"] <= 1 and r["best_acc"] >= r["final_acc"] and len(r["history"]) == 3
+    with pytest.raises(UserError) as e:  # soft without a teacher
+        evaluate_seed(distilled, val, settings, 0, num_classes=10, image_size=8, in_channels=1)
+    assert e.value.field == "eval.teacher"
+    with pytest.raises(ValueError, match="only soft"):  # a teacher would be silently unused
+        evaluate_seed(distilled, val, soft_label_settings(protocol="hard"), 0, teacher=teacher, num_classes=10,
+                      image_size=8, in_channels=1)

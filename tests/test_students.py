@@ -77,3 +77,12 @@ def test_unknown_arch_names_the_field():
         build_student("convnet0", 10, 32, field="eval.arch")
     assert e.value.field == "eval.arch"
     assert {"resnetap10", "resnet18"} <= set(list_students())
+
+
+def test_resnet18_bn_is_the_batchnorm_teacher_arch():
+    """The one BatchNorm net (the ImageNet teacher's), same stems as `resnet18`."""
+    model = build_student("resnet18-bn", 5, 16, 3)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.GroupNorm) for m in model.modules())
+    assert model.net.conv1.kernel_size == (3, 3) and model(torch.rand(2, 3, 16, 16)).shape == (2, 5)
+    assert "resnet18-bn" in list_students()

@@ -21,22 +21,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.data import ImageSet
-from lgd_ray.core.evaluate import EvalSettings, epochs_for_ipc
+from lgd_ray.core.evaluate import epochs_for_ipc
 from lgd_ray.core.students import build_student
 from lgd_ray.core.train import TrainSettings, evaluate_accuracy, predict_logits, train_classifier
 
 # --------------------------------------------------------------------------- redundancy
 
 
-def train_on_increment_and_test(train: ImageSet, tests: Sequence[ImageSet], settings: EvalSettings, seed: int, *,
+def train_on_increment_and_test(train: ImageSet, tests: Sequence[ImageSet], settings: EvalConfig, seed: int, *,
                                 num_classes: int, image_size: int, in_channels: int,
                                 device: str | torch.device = "cpu") -> dict:
     """Train a fresh evaluation net on `train` (the eval protocol, seeded by `seed`) and test it on
     every set in `tests` (no augmentation). Returns seed, epochs, and per test set `acc` / `loss`
     (mean cross-entropy), in the order of `tests`."""
     epochs = settings.epochs or epochs_for_ipc(math.ceil(len(train) / num_classes))
-    train_settings = settings.train_settings(seed, epochs)
+    train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
     model = build_student(settings.arch, num_classes, image_size, in_channels, seed=seed, field="eval.arch")
     history = train_classifier(model, train, train_settings, device=device)
@@ -82,7 +83,7 @@ def summarize_matrix(acc: np.ndarray, loss: np.ndarray) -> dict:
     }
 
 
-def cross_increment_matrix(increments: Sequence[ImageSet], settings: EvalSettings, seeds: Sequence[int], *,
+def cross_increment_matrix(increments: Sequence[ImageSet], settings: EvalConfig, seeds: Sequence[int], *,
                            num_classes: int, image_size: int, in_channels: int,
                            device: str | torch.device = "cpu") -> dict:
     """All (train increment, seed) runs one after another in this process: the seed-mean K×K

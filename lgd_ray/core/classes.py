@@ -1,5 +1,6 @@
 """Class lists: ImageNet subsets by WordNet id, the 1000 ImageNet wnids, and the student-label →
-generator-class map. A wnid's generator class is its position among the sorted 1000 wnids."""
+generator-class (or teacher-output) map. A wnid's generator class is its position among the sorted
+1000 wnids, as is its output index in an ImageNet-1K classifier."""
 
 from __future__ import annotations
 
@@ -72,14 +73,19 @@ def resolve_classes(spec: str | Sequence[str] | None, available: Sequence[str] |
     return classes
 
 
-def generator_class_index(class_ids: Sequence[str], generator_class_ids: Sequence[str],
-                          field: str = "generator.class_map") -> list[int]:
-    """Position of each class id in the generator's class list (its conditioning label)."""
-    pos = {str(c): i for i, c in enumerate(generator_class_ids)}
+def class_index(class_ids: Sequence[str], available: Sequence[str], field: str, owner: str, fix: str) -> list[int]:
+    """Position of each class id in another model's class list (`owner`: "the generator's", ...)."""
+    pos = {str(c): i for i, c in enumerate(available)}
     out = []
     for c in class_ids:
         if str(c) not in pos:
-            raise UserError(field, f"class {c!r} is not one of the generator's {len(pos)} classes",
-                            "fix the class id or use a generator trained on it")
+            raise UserError(field, f"class {c!r} is not one of {owner} {len(pos)} classes", fix)
         out.append(pos[str(c)])
     return out
+
+
+def generator_class_index(class_ids: Sequence[str], generator_class_ids: Sequence[str],
+                          field: str = "generator.class_map") -> list[int]:
+    """Position of each class id in the generator's class list (its conditioning label)."""
+    return class_index(class_ids, generator_class_ids, field, "the generator's",
+                       "fix the class id or use a generator trained on it")

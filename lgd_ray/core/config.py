@@ -46,7 +46,12 @@ class GeneratorConfig:
 
 @dataclass
 class TrainingConfig:
-    """What every trained classifier has: the per-stage student θ_i, the reference θ*, the evaluator."""
+    """What every trained classifier has: the per-stage student θ_i, the reference θ*, the evaluator.
+
+    `batch_size` is the global batch: with `ray.train_workers` = W > 1 (the student and the
+    reference train with DDP) each worker takes batch_size // W images of its own shard per step,
+    so the number of workers changes where a step runs, not how large it is.
+    """
 
     arch: str = "convnet2-w32"
     epochs: int = 60
@@ -86,10 +91,22 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig(TrainingConfig):
+    """The evaluation protocol: train a fresh net per seed on the set only, test on real val.
+
+    protocol `hard` trains on the set's labels (the field's protocol on ImageNet subsets); `soft` is
+    RDED's (ImageNet-1K): a frozen `teacher` relabels every augmented batch and the net minimises
+    KL(teacher/T ‖ net/T)·T² at T = `temperature` (20, RDED's, with CutMix); the labels are unused.
+    """
+
     epochs: int | None = 300  # None = the field's schedule by IPC (2000/1500/1000)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     cutmix: float = 0.0
     eval_every: int = 25
+    protocol: str = "hard"  # hard | soft
+    # soft only: the folder (or its model.safetensors) of `lgd-ray train-reference`, or timm:<name>
+    # for a timm model with pretrained ImageNet-1K weights (e.g. timm:resnet18.tv_in1k)
+    teacher: str | None = None
+    temperature: float = 20.0  # soft only: T
 
 
 @dataclass
@@ -121,12 +138,18 @@ class Config:
         for key in EXECUTION_KEYS:
             section, name = key.split(".")
             d[section].pop(name)
+        if self.eval.protocol == "hard":  # unused then; and outputs made before these keys keep their hash
+            for name in SOFT_LABEL_KEYS:
+                d["eval"].pop(name)
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # Keys that only place the work; the output is independent of them (tests prove it for samplers).
 EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler")
+SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
+PROTOCOLS = ("hard", "soft")
+TIMM_PREFIX = "timm:"  # eval.teacher=timm:<name>: a timm model with pretrained ImageNet-1K weights
 
 
 def _fields(obj) -> dict[str, dataclasses.Field]:
@@ -281,14 +304,31 @@ def validate(cfg: Config) -> None:
         raise UserError("data.root", f"data.name={cfg.data.name} needs a root", "set data.root=PATH")
     if not cfg.eval.seeds:
         raise UserError("eval.seeds", "no seeds", "give at least one, e.g. [0, 1, 2]")
+    _validate_protocol(cfg.eval)
     from .students import check_arch
     from .train import TrainSettings  # the training sections share one validator
 
     for name in ("student", "reference", "eval"):
         sec = getattr(cfg, name)
         check_arch(sec.arch, f"{name}.arch")
-        TrainSettings(epochs=sec.epochs or 1, batch_size=sec.batch_size, lr=sec.lr, optimizer=sec.optimizer,
-                      weight_decay=sec.weight_decay, schedule=sec.schedule, augment=sec.augment,
-                      cutmix=getattr(sec, "cutmix", 0.0)).validate(name)
+        TrainSettings.from_section(sec, seed=0, epochs=sec.epochs or 1).validate(name)
+    for name in ("student", "reference"):  # the DDP sections: the batch is split over the workers
+        bs, workers = getattr(cfg, name).batch_size, cfg.ray.train_workers
+        if bs < workers:
+            raise UserError(f"{name}.batch_size", f"{bs} is less than ray.train_workers={workers}",
+                            f"the batch is global, split over the workers: use at least {workers}")
     if cfg.ray.cpus_per_sampler < 0 or cfg.ray.gpus_per_sampler < 0:
         raise UserError("ray.gpus_per_sampler", "resources must be >= 0", "use 0 on CPU")
+
+
+def _validate_protocol(e: EvalConfig) -> None:
+    if e.protocol not in PROTOCOLS:
+        raise UserError("eval.protocol", f"unknown protocol {e.protocol!r}",
+                        "choose hard (the set's labels) or soft (a teacher relabels every batch)")
+    if not isinstance(e.temperature, (int, float)) or not e.temperature > 0:
+        raise UserError("eval.temperature", f"must be > 0, got {e.temperature}", "use e.g. 20 (RDED's)")
+    if e.protocol == "soft" and not e.teacher:
+        raise UserError("eval.teacher", "eval.protocol=soft needs a teacher",
+                        "set eval.teacher=DIR written by `lgd-ray train-reference`, or timm:<name>, e.g. timm:resnet18")
+    if e.teacher and e.teacher.startswith(TIMM_PREFIX) and not e.teacher[len(TIMM_PREFIX):].strip():
+        raise UserError("eval.teacher", "timm: without a model name", "write e.g. timm:resnet18")

@@ -1,5 +1,7 @@
-"""The field's hard-label evaluation: train a fresh net on the distilled set only, test on real val.
+"""The field's evaluation: train a fresh net on the distilled set only, test on real val.
 
+The settings are the config's `eval` section (`EvalConfig`): `protocol` hard trains on the set's
+labels; soft has a frozen teacher (`core.teacher`) relabel every augmented batch (RDED, ImageNet-1K).
 One seed = one `evaluate_seed` call (the Ray layer runs one task per seed); `summarize` turns the
 per-seed results into mean ± std of both the final and the best-seen test accuracy.
 """
@@ -8,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset
 
+from lgd_ray.core.config import EvalConfig
+from lgd_ray.core.errors import UserError
 from lgd_ray.core.students import build_student
 from lgd_ray.core.train import TrainSettings, evaluate_accuracy, train_classifier
 
@@ -29,41 +32,24 @@ def epochs_for_ipc(ipc: int) -> int:
     return 500
 
 
-@dataclass
-class EvalSettings:
-    """Evaluation-net training (field names match the `eval:` config section)."""
-
-    arch: str = "convnet6"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int | None = None  # None = epochs_for_ipc(images per class of the train set)
-    batch_size: int = 64
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    weight_decay: float = 5e-4
-    schedule: str = "multistep"
-    augment: str = "imagenet"
-    cutmix: float = 0.0
-    eval_every: int = 25  # test every this many epochs for the best-seen figure; 0 = only at the end
-
-    def train_settings(self, seed: int, epochs: int) -> TrainSettings:
-        return TrainSettings(epochs=epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                             weight_decay=self.weight_decay, schedule=self.schedule, augment=self.augment,
-                             cutmix=self.cutmix, seed=seed)
-
-
-def evaluate_seed(train_set: Dataset, val_set: Dataset, settings: EvalSettings, seed: int, *,
+def evaluate_seed(train_set: Dataset, val_set: Dataset, settings: EvalConfig, seed: int, *,
                   num_classes: int, image_size: int, in_channels: int,
                   device: str | torch.device = "cpu", progress: bool = False,
-                  teacher: torch.nn.Module | None = None, temperature: float = 20.0) -> dict:
-    """Train one evaluation net from scratch (init and training seeded by `seed`) and test it
-    (with a `teacher`: the soft-label protocol, see `train_classifier`).
+                  teacher: torch.nn.Module | None = None) -> dict:
+    """Train one evaluation net from scratch (init and training seeded by `seed`) and test it.
+    `teacher` is the soft protocol's relabeller (needed for it, refused for hard).
 
-    Returns seed, epochs, final_acc / final_loss (after the last epoch), best_acc / best_epoch
-    (over the tests every `eval_every` epochs) and the per-epoch history.
+    Returns seed, epochs, protocol (and temperature when soft), final_acc / final_loss (after the
+    last epoch), best_acc / best_epoch (over the tests every `eval_every` epochs), the history.
     """
+    soft = settings.protocol == "soft"
+    if soft and teacher is None:
+        raise UserError("eval.teacher", "eval.protocol=soft needs a teacher", "set eval.teacher")
+    if not soft and teacher is not None:
+        raise ValueError(f"a teacher was given for eval.protocol={settings.protocol!r}; only soft uses one")
     ipc = math.ceil(len(train_set) / num_classes)
     epochs = settings.epochs or epochs_for_ipc(ipc)
-    train_settings = settings.train_settings(seed, epochs)
+    train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
     model = build_student(settings.arch, num_classes, image_size, in_channels, seed=seed, field="eval.arch")
 
@@ -73,12 +59,14 @@ def evaluate_seed(train_set: Dataset, val_set: Dataset, settings: EvalSettings, 
 
     history = train_classifier(model, train_set, train_settings, device=device, eval_fn=test,
                                eval_every=settings.eval_every, progress=progress, teacher=teacher,
-                               temperature=temperature)
+                               temperature=settings.temperature)
     tested = [h for h in history if "val_acc" in h]
     best = max(tested, key=lambda h: h["val_acc"])  # first epoch reaching the maximum
     return {
         "seed": seed,
         "epochs": epochs,
+        "protocol": settings.protocol,
+        **({"temperature": settings.temperature} if soft else {}),
         "final_acc": history[-1]["val_acc"],
         "final_loss": history[-1]["val_loss"],
         "best_acc": best["val_acc"],
@@ -118,45 +106,21 @@ def summarize(per_seed: list[dict]) -> dict:
     }
 
 
-def evaluate_set(train_set: Dataset, val_set: Dataset, settings: EvalSettings, *, num_classes: int,
+def evaluate_set(train_set: Dataset, val_set: Dataset, settings: EvalConfig, *, num_classes: int,
                  image_size: int, in_channels: int, device: str | torch.device = "cpu",
-                 progress: bool = False) -> dict:
+                 progress: bool = False, teacher: torch.nn.Module | None = None) -> dict:
     """All seeds one after another in this process: the summary plus `per_seed` and `settings`."""
     per_seed = [evaluate_seed(train_set, val_set, settings, s, num_classes=num_classes, image_size=image_size,
-                              in_channels=in_channels, device=device, progress=progress)
+                              in_channels=in_channels, device=device, progress=progress, teacher=teacher)
                 for s in settings.seeds]
     return {**summarize(per_seed), "per_seed": per_seed, "settings": dataclasses.asdict(settings)}
 
 
-# --------------------------------------------------------------------------- soft labels (ImageNet-1K)
-
-
-def soft_label_settings(**overrides) -> EvalSettings:
+def soft_label_settings(**overrides) -> EvalConfig:
     """RDED's ImageNet-1K protocol (what IGD/LGD report there): ResNet-18, 300 epochs, AdamW lr 1e-3
     wd 0.01, cosine, batch 200 (RDED's for IPC 50 on 1000 classes), CutMix on every batch, with a
     frozen teacher relabelling each batch at T = 20. Our RandomResizedCrop keeps scale 0.5-1
-    (RDED: 0.08-1)."""
+    (RDED: 0.08-1). The teacher is yours to give (`teacher=`)."""
     base = dict(arch="resnet18", epochs=300, batch_size=200, lr=1e-3, optimizer="adamw", weight_decay=0.01,
-                schedule="cosine", augment="imagenet", cutmix=1.0)
-    return EvalSettings(**{**base, **overrides})
-
-
-def evaluate_seed_soft_label(train_set: Dataset, val_set: Dataset, settings: EvalSettings, seed: int, *,
-                             teacher: torch.nn.Module, temperature: float = 20.0, **kwargs) -> dict:
-    """`evaluate_seed` with the soft-label protocol: the net learns from `teacher`'s relabelling of
-    every augmented batch, not from the set's labels; the result also names the protocol and T."""
-    result = evaluate_seed(train_set, val_set, settings, seed, teacher=teacher, temperature=temperature, **kwargs)
-    return {**result, "protocol": "soft_label", "temperature": temperature}
-
-
-def evaluate_set_soft_label(train_set: Dataset, val_set: Dataset, settings: EvalSettings, *,
-                            teacher: torch.nn.Module, temperature: float = 20.0, num_classes: int,
-                            image_size: int, in_channels: int, device: str | torch.device = "cpu",
-                            progress: bool = False) -> dict:
-    """All seeds of the soft-label protocol in this process: the summary, `per_seed`, `settings`."""
-    per_seed = [evaluate_seed_soft_label(train_set, val_set, settings, s, teacher=teacher, temperature=temperature,
-                                         num_classes=num_classes, image_size=image_size, in_channels=in_channels,
-                                         device=device, progress=progress)
-                for s in settings.seeds]
-    return {**summarize(per_seed), "per_seed": per_seed, "settings": dataclasses.asdict(settings),
-            "protocol": "soft_label", "temperature": temperature}
+                schedule="cosine", augment="imagenet", cutmix=1.0, seeds=[0, 1, 2], protocol="soft", temperature=20.0)
+    return EvalConfig(**{**base, **overrides})

@@ -4,6 +4,8 @@ Every model takes float images in [0, 1] (N×C×H×W at its `image_size`) and no
 its first op, so callers never have to know an architecture's mean/std, and a state_dict carries
 the constants with the weights. All norms are instance norm (GroupNorm(C, C), affine), as in the
 dataset-distillation literature: no BatchNorm, so a 10-image batch or a DDP shard trains the same.
+The one exception is `resnet18-bn`, the standard BatchNorm ResNet-18: the soft-label protocol's
+ImageNet teacher, trained on real data with `lgd-ray train-reference reference.arch=resnet18-bn`.
 """
 
 from __future__ import annotations
@@ -146,11 +148,11 @@ class ResNetAP(nn.Module):
 # --------------------------------------------------------------------------- timm ResNet-18
 
 
-def _timm_resnet18(num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+def _timm_resnet18(num_classes: int, image_size: int, in_channels: int, batch_norm: bool = False) -> nn.Module:
     import timm
 
-    model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes,
-                              in_chans=in_channels, norm_layer=instance_norm)
+    norm = {} if batch_norm else {"norm_layer": instance_norm}
+    model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_channels, **norm)
     if image_size <= SMALL_IMAGE:  # CIFAR-style stem: keep resolution for tiny images
         model.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -164,6 +166,7 @@ _CONVNET = re.compile(r"convnet(\d+)(?:-w(\d+))?")
 _FIXED: dict[str, Callable[[int, int, int], nn.Module]] = {
     "resnetap10": lambda n, s, c: ResNetAP(n, s, c, layers=(1, 1, 1, 1)),
     "resnet18": _timm_resnet18,
+    "resnet18-bn": functools.partial(_timm_resnet18, batch_norm=True),
 }
 
 

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from lgd_ray.core.config import TrainingConfig
 from lgd_ray.core.errors import UserError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -135,6 +136,14 @@ class TrainSettings:
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only
 
+    @classmethod
+    def from_section(cls, section: TrainingConfig, seed: int, epochs: int | None = None) -> TrainSettings:
+        """The settings of a config section (student, reference, eval); `epochs` overrides its own."""
+        return cls(epochs=section.epochs if epochs is None else epochs, batch_size=section.batch_size,
+                   lr=section.lr, optimizer=section.optimizer, weight_decay=section.weight_decay,
+                   schedule=section.schedule, augment=section.augment, cutmix=getattr(section, "cutmix", 0.0),
+                   seed=seed)
+
     def validate(self, section: str = "train") -> None:
         """Raise a UserError naming `section.key` (e.g. "eval.optimizer") for a bad value."""
         for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS)):
@@ -164,6 +173,28 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
     if settings.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def worker_batch_size(global_batch: int, world_size: int, field: str = "student.batch_size") -> int:
+    """Images per worker per step. The configured batch is the global one, split evenly over the
+    DDP workers (rounded down), so adding workers changes where a step runs, not its size or lr."""
+    if global_batch < world_size:
+        raise UserError(field, f"{global_batch} is less than ray.train_workers={world_size}",
+                        f"the batch is global, split over the workers: use at least {world_size}")
+    return global_batch // world_size
+
+
+def shard_sampler(dataset: Dataset, world_size: int, rank: int, seed: int) -> Sampler | None:
+    """This worker's share of the set, disjoint from the others' and reshuffled every epoch from
+    `seed` (train_classifier calls set_epoch). DistributedSampler pads by repeating at most
+    world_size − 1 images so all workers take the same number of steps. None for one worker:
+    train_classifier's own seeded shuffle."""
+    if world_size <= 1:
+        return None
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
 # --------------------------------------------------------------------------- loops
