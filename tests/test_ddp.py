@@ -22,7 +22,6 @@ class Recorded(torch.utils.data.Dataset):
 
     def __init__(self, data):
         self.data, self.seen = data, []
-        self.num_classes = data.num_classes
 
     def __len__(self):
         return len(self.data)

@@ -94,8 +94,10 @@ def test_imagenet1k_eval_section_is_the_soft_label_protocol():
     path = ROOT / "jobs" / "imagenet1k_ipc50.yaml"
     e = load_config(path).eval
     want = soft_label_settings()
-    for f in ("arch", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "cutmix"):
+    for f in ("arch", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "cutmix",
+              "protocol", "temperature"):
         assert getattr(e, f) == getattr(want, f), f
+    assert e.teacher.startswith("timm:resnet18")  # the ImageNet-pretrained BatchNorm ResNet-18
     text = path.read_text()
     assert "soft" in text.lower() and "T = 20" in text and "eval.teacher" in text
 
