@@ -313,7 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, rest = parser.parse_known_args(argv)
+    # argparse stops filling `key=value ...` at the first option, so overrides written after --out
+    # arrive here; anything else left over is a real mistake
+    stray = [x for x in rest if "=" not in x or x.startswith("-")]
+    if stray or (rest and not hasattr(a, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or rest)}")
+    if rest:
+        a.overrides = [*a.overrides, *rest]
     try:
         return a.func(a) or 0
     except UserError as e:

@@ -4,17 +4,17 @@ Each trial is a full `distill` of the base config with the trial's parameters ap
 `<out>/trials/<trial_id>/`; after every stage the student's validation accuracy is reported to Tune
 (`stage` = i + 1 after θ_i), so ASHA stops poor trials after one or two stages.
 
-Resources. A trial's own actor needs almost nothing; what it starts needs a lot: the sampler actors
-(`ray.samplers` × {CPU: cpus_per_sampler, GPU: gpus_per_sampler}) while sampling, then a Ray Train
-run (`ray.train_workers` × {CPU: 1, GPU: gpus_per_train_worker}) while the student trains; the
-pipeline closes the samplers before training, so the two phases never overlap. A trial-wide
-placement group does not work here: Tune schedules the trial in its group with child capture, so the
-samplers would land in its bundles, but Ray Train V2 always creates its *own* placement group for its
-workers from the cluster's free resources, never from the trial's bundles. The sampler bundles would
-sit idle while the trainer waits for resources the trial's group holds (on 2 CPUs: trial group
-0.01 + 1 CPU, trainer needs 1 more → it never starts). So the trial requests only a tiny head
-({CPU: 0.01}) as plain resources and the reservation is enforced by `max_concurrent_trials`: as many
-trials as fit `ray.cluster_resources()` at their peak (head + the larger of the two phases).
+Resources follow Ray's pattern for Ray Train V2 inside Tune: the trial is a light driver, and what it
+starts reserves its own resources: the sampler actors (`ray.samplers` × {CPU: cpus_per_sampler, GPU:
+gpus_per_sampler}) while sampling, then a Ray Train run (`ray.train_workers` × {CPU: 1, GPU:
+gpus_per_train_worker}, in Train's own placement group) while the student trains; the pipeline
+closes the samplers before training, so the two phases never overlap. A trial-wide placement group
+cannot hold both: Train V2 always builds its worker group from the cluster's free resources, never
+from the trial's bundles, so a trial group that held the training CPUs/GPUs would starve its own
+trainer (Tune's old `Tuner(trainer)` reservation is gone with Train V1). Instead the number of trials
+in flight is capped (`max_concurrent`) so that the sum of their peaks (head + the larger phase) fits
+`ray.cluster_resources()`: every phase of every running trial can then always be placed, and no
+trial waits on another.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .core.config import Config, dump_yaml, from_dict, load_config, parse_overri
 from .core.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
-SEARCHERS = ("random",)
+SEARCHERS = ("random", "optuna")
 HEAD = {"CPU": 0.01}  # the trial's own actor: it only drives the pipeline
 EXPERIMENT = "tune"  # Tune's experiment folder inside --out
 
@@ -53,7 +53,23 @@ class Param:
             return tune.uniform(*self.values)
         if self.dist == "loguniform":
             return tune.loguniform(*self.values)
-        return tune.choice(copy.deepcopy(self.values))
+        return tune.choice([self._encode(v) for v in self.values])
+
+    # Choices that are not scalars (a window [lo, hi]) travel as JSON strings: model-based searchers
+    # (Optuna) only take None/bool/int/float/str categories.
+    @staticmethod
+    def _encode(v: Any) -> Any:
+        return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+    def decode(self, v: Any) -> Any:
+        if self.dist == "choice" and isinstance(v, str) and any(isinstance(c, (list, dict)) for c in self.values):
+            return json.loads(v)
+        return v
+
+
+def decode_params(space: list[Param], config: dict) -> dict:
+    """A trial's sampled config → config-key values (JSON-encoded choices decoded)."""
+    return {p.key: p.decode(config[p.key]) for p in space if p.key in config}
 
 
 @dataclass
@@ -63,7 +79,7 @@ class Sweep:
     num_samples: int = 4
     search: str = "random"
     metric: str = "val_acc"
-    grace_period: int = 1
+    grace_period: int = 2
     reduction_factor: int = 2
     seed: int = 0
     source: str = ""
@@ -183,8 +199,8 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     space = [parse_param(base, str(k), v) for k, v in space_tree.items()]
     search = tree.get("search", "random")
     if search not in SEARCHERS:
-        raise UserError("search", f"unknown or unavailable searcher {search!r}",
-                        "use random (no model-based searcher library is installed)")
+        raise UserError("search", f"unknown searcher {search!r}",
+                        "use random or optuna (Optuna's TPE through Ray Tune's OptunaSearch)")
     metric = tree.get("metric", "val_acc")
     if metric != "val_acc":
         raise UserError("metric", f"unknown metric {metric!r}", "use val_acc (the student's validation accuracy per stage)")
@@ -194,7 +210,9 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     for k in asha:
         if k not in ("grace_period", "reduction_factor"):
             raise UserError(f"asha.{k}", "unknown ASHA field", "use grace_period and reduction_factor")
-    grace = _int_field(asha, "grace_period", 1, prefix="asha.")
+    # Stage 1 reports θ_0, trained on the shared unguided seed increment: every trial scores the same
+    # there, so the first rung that can separate trials is stage 2.
+    grace = _int_field(asha, "grace_period", min(2, base.distill.stages), prefix="asha.")
     rf = _int_field(asha, "reduction_factor", 2, minimum=2, prefix="asha.")
     if grace > base.distill.stages:
         raise UserError("asha.grace_period", f"{grace} is more than the {base.distill.stages} stages",
@@ -276,12 +294,12 @@ class _DistillRunner:
         return self.reports[start:]
 
 
-def _trial(config: dict, *, base: dict, out_root: str, cwd: str, metric: str) -> None:
+def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: str, metric: str) -> None:
     """One Tune trial: a full distill of the base config with this trial's params, reported per stage."""
     import ray
     from ray import tune
 
-    cfg = _config_with(from_dict(base), config)
+    cfg = _config_with(from_dict(base), decode_params(space, config))
     trial_id = tune.get_context().get_trial_id()
     out = os.path.join(out_root, "trials", trial_id)
     # Tune captures the trial's children into its one-bundle group; the runner is scheduled outside it
@@ -312,7 +330,6 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     _quiet()
     out = os.path.abspath(out)
@@ -329,7 +346,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     with open(saved, "w") as f:
         json.dump(spec, f, indent=1)
 
-    trainable = tune.with_parameters(_trial, base=sweep.base_dict, out_root=out, cwd=os.getcwd(), metric=sweep.metric)
+    trainable = tune.with_parameters(_trial, base=sweep.base_dict, space=sweep.space, out_root=out, cwd=os.getcwd(),
+                                     metric=sweep.metric)
     trainable = tune.with_resources(trainable, dict(HEAD))
     start = time.time()
     restored = tune.Tuner.can_restore(exp_dir)
@@ -337,25 +355,37 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
         concurrent = max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples)
+        # max_t past the last report: a trial that survives the last rung ends by itself, after it has
+        # sampled its final increment (at max_t ASHA would stop it right after θ_{K-1}'s report)
         scheduler = ASHAScheduler(time_attr="stage", grace_period=sweep.grace_period,
-                                  reduction_factor=sweep.reduction_factor, max_t=sweep.stages)
+                                  reduction_factor=sweep.reduction_factor, max_t=sweep.stages + 1)
         tuner = tune.Tuner(
             trainable,
             param_space={p.key: p.tune_domain() for p in sweep.space},
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", scheduler=scheduler,
-                                        # Tune ignores max_concurrent_trials with a SearchGenerator:
-                                        # the generator itself holds the limit
-                                        search_alg=BasicVariantGenerator(max_concurrent=concurrent,
-                                                                         random_state=sweep.seed),
+                                        search_alg=search_algorithm(sweep, concurrent),
                                         num_samples=sweep.num_samples),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out, verbose=1 if progress else 0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
-    rows = collect(grid, sweep)
+    rows = collect(grid, sweep, out)
     summary = write_results(out, sweep, rows)
     summary.update({"restored": restored, "wall_s": round(time.time() - start, 1)})
     return summary
+
+
+def search_algorithm(sweep: Sweep, concurrent: int):
+    """Random search or Optuna's TPE, each capped at `concurrent` trials in flight (Tune ignores
+    TuneConfig.max_concurrent_trials once a search algorithm is given: the algorithm holds the cap)."""
+    if sweep.search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.seed)
 
 
 def _spec_key(spec: dict) -> str:
@@ -365,8 +395,11 @@ def _spec_key(spec: dict) -> str:
 # ------------------------------------------------------------------------------------------- results
 
 
-def collect(grid, sweep: Sweep) -> list[dict]:
-    """One row per trial: params, accuracy per stage, final accuracy, status."""
+def collect(grid, sweep: Sweep, out: str) -> list[dict]:
+    """One row per trial: params, accuracy per stage, final accuracy, status ("completed" = the trial's
+    distilled set is whole, every stage's manifest written)."""
+    from .store import OutputDir
+
     all_trials = list(grid._experiment_analysis.trials)
     by_id = {t.trial_id: t for t in all_trials}
     by_path = {os.path.normpath(t.path): t for t in all_trials if getattr(t, "path", None)}
@@ -382,13 +415,13 @@ def collect(grid, sweep: Sweep) -> list[dict]:
         status_raw = trial.status if trial is not None else "UNKNOWN"
         if res.error is not None or status_raw == "ERROR":
             status = "error"
-        elif accs and max(accs) >= sweep.stages:
+        elif OutputDir(os.path.join(out, "trials", tid)).manifest(sweep.stages) is not None:
             status = "completed"
         elif status_raw == "TERMINATED":
             status = "early-stopped"
         else:
             status = status_raw.lower()
-        params = {p.key: res.config.get(p.key) for p in sweep.space}
+        params = {p.key: p.decode((res.config or {}).get(p.key)) for p in sweep.space}  # None: trial died early
         last = max(accs) if accs else None
         rows.append({"trial_id": tid, "params": params, "acc": accs, "stages_done": last or 0,
                      "final_acc": accs[last] if last else None, "status": status,

@@ -42,6 +42,21 @@ def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypa
     assert not out.exists()
 
 
+def test_overrides_after_the_options(tmp_path, capsys, monkeypatch):
+    """`lgd-ray distill CONFIG --out DIR key=value` takes the override (argparse alone would refuse it);
+    a stray option is still an error."""
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    out = tmp_path / "out"
+    assert main(["distill", str(ROOT / "jobs" / "demo.yaml"), "--out", str(out), "distill.k=0"]) == 2
+    assert capsys.readouterr().err.startswith("lgd-ray: error: distill.k: ")
+    with pytest.raises(SystemExit) as e:
+        main(["distill", str(ROOT / "jobs" / "demo.yaml"), "--out", str(out), "--fast"])
+    assert e.value.code == 2 and "unrecognized arguments: --fast" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["verify", str(out), "distill.k=2"])  # verify takes no overrides
+    assert not out.exists()
+
+
 def test_bad_config_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("distill: [1, 2\n")
