@@ -151,6 +151,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .bench import BenchSpec, format_report, run_bench
     from .pipeline import init_ray
 
+    if a.memory:
+        from dataclasses import replace
+
+        from .memory_bench import MemorySpec, format_memory, jobs_spec, run_memory_bench
+
+        mspec = jobs_spec(a.arch) if a.arch.endswith("-256") else MemorySpec(arch=a.arch)
+        print(format_memory(run_memory_bench(replace(mspec, k=a.k), a.out)))
+        return 0
     spec = BenchSpec(arch=a.arch, k=a.k, slots=a.slots)
     if a.arch.endswith("-256"):  # DiT-XL/2 and friends: ImageNet latents, 1000 classes, 50 steps
         spec = BenchSpec(arch=a.arch, image_size=256, channels=3, num_classes=1000, student="convnet3-w32",
@@ -267,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=3, help="candidates per slot")
     p.add_argument("--slots", type=int, default=40, help="work items per throughput run")
     p.add_argument("--actors", default="1,2", help="actor counts to measure, comma-separated")
+    p.add_argument("--memory", action="store_true", help="only the activation bytes of a guided step per component, "
+                   "fp32/bf16, with/without VAE checkpointing (any device); memory.json + memory.md in --out")
     _out_arg(p, required=False)
     p.set_defaults(func=cmd_bench)
 

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load, save
 
 from . import __version__
+from .core.batching import CPU_BATCH_SIZE
 from .core.config import Config, dump_yaml, from_dict
 from .core.classes import generator_class_index, resolve_classes
 from .core.data import load_source, materialize, random_subset_per_class
@@ -160,8 +161,9 @@ def stage_settings(cfg: Config, stage: int) -> SampleSettings:
     return SampleSettings(
         run_seed=cfg.seed, num_steps=g.num_steps, cfg_scale=g.cfg_scale,
         lam=d.lam if guided else 0.0, omega=d.omega, gamma=d.gamma if guided else 0.0, k=d.k if guided else 1,
-        window=tuple(d.window), batch_size=g.batch_size, student_size=cfg.data.image_size,
-        autocast=g.dtype == "bf16" or (g.dtype == "auto" and use_gpu),
+        window=tuple(d.window), batch_size=CPU_BATCH_SIZE if g.batch_size == "auto" else g.batch_size,
+        auto_batch=g.batch_size == "auto", student_size=cfg.data.image_size,
+        autocast=g.dtype == "bf16" or (g.dtype == "auto" and use_gpu), vae_checkpointing=g.vae_checkpointing,
     )
 
 

@@ -7,9 +7,11 @@ benchmark runs the very same class in-process, so the two are compared like for 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
+from .core.batching import auto_batch_size
 from .core.config import Config, from_dict
 from .core.generator import load_generator
 from .core.plan import WorkItem
@@ -55,10 +57,19 @@ class ChunkWorker:
     def set_stage(self, settings: SampleSettings, params: StageParams, student_state: dict | None,
                   memory: dict[int, torch.Tensor] | None) -> int:
         """Stage inputs, sent once per stage through the object store."""
-        self.settings, self.params = settings, params
+        self.params = params
         self.student = self._model(self.cfg.student.arch, student_state)
         self.memory = {k: v.to(self.device) for k, v in (memory or {}).items()}
+        self.settings = self._sized(settings)
         return os.getpid()
+
+    def _sized(self, s: SampleSettings) -> SampleSettings:
+        """`batch_size: auto`: probed on this device at each stage (two small guided steps); at most a chunk."""
+        if not s.auto_batch:
+            return s
+        cap = self.cfg.distill.chunk_size * s.k
+        batch = auto_batch_size(self.gen, s, cap, self.student, self.reference)
+        return replace(s, batch_size=batch, auto_batch=False)
 
     def run_chunk(self, stage: int, chunk_index: int, items: list[WorkItem]) -> dict:
         samples = sample_items(self.gen, items, self.settings, self.params.class_map, student=self.student,

@@ -18,3 +18,15 @@ def test_step_costs_report_what_the_plan_reads():
     report = {"device": "cpu", "spec": spec.__dict__, "step": s,
               "throughput": {"images": 8, "in_process_images_per_s": 1.0, "actors_1_images_per_s": 1.0}}
     assert "guided step / unguided step" in format_report(report)
+
+
+def test_memory_bench_reports_every_variant(tmp_path):
+    from lgd_ray.memory_bench import MemorySpec, run_memory_bench
+
+    r = run_memory_bench(MemorySpec(repeats=1), str(tmp_path))
+    assert set(r["runs"]) == {"fp32", "fp32_vae_ckpt", "bf16", "bf16_vae_ckpt"}
+    for run in r["runs"].values():
+        assert run["per_image"]["vae_decoder"] > 0 and run["h100_80gb_derived_max_batch"] >= 1
+    assert r["runs"]["bf16_vae_ckpt"]["recompute_per_image"] > 0  # the largest block, rematerialised
+    assert {"decoder_overhead", "memory_factor", "pays"} <= set(r["vae_checkpointing"])
+    assert "derived max batch" in (tmp_path / "memory.md").read_text()

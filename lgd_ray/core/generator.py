@@ -129,6 +129,20 @@ class Generator:
         kwargs = {"generator": generators} if isinstance(self.scheduler, DDPMScheduler) else {}
         return self.scheduler.step(out, t, x_t, return_dict=False, **kwargs)[0]
 
+    def set_vae_checkpointing(self, on: bool) -> None:
+        """Recompute the VAE decoder's blocks in the backward instead of keeping their activations.
+
+        diffusers' Decoder checks `torch.is_grad_enabled() and self.gradient_checkpointing` (not
+        `self.training`), so it acts in eval mode inside the guided step and nowhere else; the
+        encoder's flag is set too but the sampler never runs the encoder with autograd.
+        """
+        if self.vae is None or self.vae.is_gradient_checkpointing == on:
+            return
+        if on:
+            self.vae.enable_gradient_checkpointing()
+        else:
+            self.vae.disable_gradient_checkpointing()
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (or pixels in [-1, 1]) -> images in [0, 1], differentiable."""
         x = self.vae.decode(z / self.latent_scale, return_dict=False)[0] if self.vae is not None else z

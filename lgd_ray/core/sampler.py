@@ -32,8 +32,10 @@ class SampleSettings:
     k: int = 1
     window: tuple[int, int] = (0, 0)
     batch_size: int = 64
+    auto_batch: bool = False  # the worker replaces batch_size by the largest that fits its GPU (core/batching.py)
     student_size: int = 8  # images are resized to this before the student and the reference see them
     autocast: bool = False  # bf16 autocast of the denoiser and students (GPU)
+    vae_checkpointing: bool = False  # recompute the VAE decoder in the backward (memory.py measures the trade)
 
 
 @dataclass
@@ -71,6 +73,31 @@ def score_images(images_u8: torch.Tensor, labels: torch.Tensor, student, referen
     return ls - omega * lr, ls, lr
 
 
+def autocast_context(device: torch.device, s: SampleSettings):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if s.autocast else nullcontext()
+
+
+def guided_step(gen: Generator, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor, gen_labels: torch.Tensor,
+                s: SampleSettings, student, reference, backward: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(ε̂, σ or None, x̂0, ∇_{x_t}S) of one guided step: the only place with autograd.
+
+    The backward runs through the student and θ*, the resize, the VAE decoder and the denoiser
+    (both CFG halves), all in one pass for the whole batch. `backward=False` stops after the
+    forward (memory.py counts what the forward saved for it).
+    """
+    gen.set_vae_checkpointing(s.vae_checkpointing)
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        with autocast_context(x.device, s):
+            eps, sigma = gen.split(gen.model_output(x_in, t, gen_labels, s.cfg_scale))
+            x0 = gen.x0(x_in, t, eps)
+            img = to_student(gen.decode(x0), s.student_size)
+            score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
+        grad_s = torch.autograd.grad(score.sum(), x_in)[0] if backward else None
+    return eps.detach(), sigma.detach() if sigma is not None else None, x0.detach(), grad_s
+
+
 def denoise(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: torch.Tensor, s: SampleSettings,
             student=None, reference=None, memory: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Run the reverse process for one batch; returns final latents. Labels: student (guidance), generator (conditioning)."""
@@ -83,19 +110,11 @@ def denoise(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: 
     timesteps = gen.scheduler.timesteps
     use_s = s.lam > 0 and student is not None and reference is not None
     use_d = s.gamma > 0 and bool(memory)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if s.autocast else nullcontext()
+    amp = autocast_context(device, s)
     for j, t in enumerate(timesteps):
         guided = in_window(len(timesteps) - 1 - j, s.window) and (use_s or use_d)
         if guided and use_s:
-            with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
-                with amp:
-                    eps, sigma = gen.split(gen.model_output(x_in, t, gen_labels, s.cfg_scale))
-                    x0 = gen.x0(x_in, t, eps)
-                    img = to_student(gen.decode(x0), s.student_size)
-                    score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
-                (grad_s,) = torch.autograd.grad(score.sum(), x_in)
-            eps, sigma, x0 = eps.detach(), sigma.detach() if sigma is not None else None, x0.detach()
+            eps, sigma, x0, grad_s = guided_step(gen, x, t, labels, gen_labels, s, student, reference)
         else:
             grad_s = None
             with torch.no_grad(), amp:

@@ -1,0 +1,83 @@
+"""`generator.batch_size: auto`: the arithmetic from measured bytes to a batch, the config, the CPU fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lgd_ray.core.batching import CPU_BATCH_SIZE, _probe_batch, auto_batch_size, max_batch, probe_step_bytes
+from lgd_ray.core.config import load_config
+from lgd_ray.core.errors import UserError
+from lgd_ray.core.generator import create_generator
+from lgd_ray.core.sampler import SampleSettings
+from lgd_ray.core.students import build_student
+from lgd_ray.pipeline import stage_settings
+
+GIB = 2**30
+
+
+def test_largest_batch_that_fits_in_whole_slots():
+    # 80 GiB free, 10% kept back = 72 GiB; 4 GiB fixed; 1 GiB per image -> 68 images fit -> 66 = 22 slots of 3
+    assert max_batch(80 * GIB, 4 * GIB, GIB, k=3, cap=10**6) == 66
+    assert max_batch(80 * GIB, 4 * GIB, GIB, k=1, cap=10**6) == 68
+    assert max_batch(80 * GIB, 4 * GIB, GIB, k=3, cap=24) == 24  # never more than a chunk
+    assert max_batch(80 * GIB, 4 * GIB, GIB, k=3, cap=10**6, safety_fraction=0.0) == 75
+
+
+def test_when_not_even_one_slot_fits():
+    assert max_batch(10 * GIB, 7 * GIB, GIB, k=3, cap=24, safety_fraction=0.0) == 3
+    assert max_batch(10 * GIB, 8 * GIB, GIB, k=3, cap=24, safety_fraction=0.0) == 2  # fewer than κ, still runs
+    assert max_batch(10 * GIB, 12 * GIB, GIB, k=3, cap=24) == 1
+
+
+def test_free_per_image_and_bad_arguments():
+    assert max_batch(GIB, 0, 0, k=3, cap=24) == 24
+    with pytest.raises(ValueError):
+        max_batch(GIB, 0, 1, k=0, cap=24)
+
+
+def test_auto_in_the_config_and_on_cpu(tiny_generator_dir):
+    cfg = load_config(None, ["generator.batch_size=auto", "distill.k=3", "distill.chunk_size=4"])
+    s = stage_settings(cfg, 1)
+    assert s.auto_batch and s.batch_size == CPU_BATCH_SIZE
+    assert not stage_settings(load_config(None, ["generator.batch_size=24"]), 1).auto_batch
+    for bad in ("big", 0, True):
+        with pytest.raises(UserError, match="generator.batch_size"):
+            load_config(None, [f"generator.batch_size={bad}"])
+    gen = create_generator("unet-micro", 10, 8, 1)
+    assert auto_batch_size(gen, s, cap=12) == 12  # CPU: the fallback, capped at a chunk
+    assert auto_batch_size(gen, s, cap=200) == CPU_BATCH_SIZE
+
+
+@pytest.mark.gpu
+def test_probe_extrapolates_the_measured_peak():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    gen = create_generator("dit-micro-vae", 10, 16, 3).to("cuda")
+    gen.set_scheduler("ddim", 2)
+    nets = [build_student("convnet2-w8", 10, 16, 3, seed=i).cuda().eval().requires_grad_(False) for i in (1, 2)]
+    s = SampleSettings(num_steps=2, lam=0.1, k=2, window=(0, 1), student_size=16, autocast=True, cfg_scale=2.0)
+    fixed, per_image = probe_step_bytes(gen, s, *nets, batches=(2, 4))
+    assert per_image > 0
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _probe_batch(gen, s, *nets, 16)
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    assert measured == pytest.approx(fixed + 16 * per_image, rel=0.25)  # linear extrapolation holds
+    assert auto_batch_size(gen, s, 10**4, *nets) % s.k == 0
+
+
+def test_worker_resolves_auto_to_at_most_a_chunk(tiny_generator_dir, tmp_path):
+    from lgd_ray.store import StageParams
+    from lgd_ray.worker import ChunkWorker
+
+    cfg = load_config(None, [f"generator.path={tiny_generator_dir}", "generator.batch_size=auto", "distill.k=3",
+                             "distill.chunk_size=4"])
+    state = build_student(cfg.reference.arch, 10, 8, 1, seed=2).state_dict()
+    worker = ChunkWorker(cfg.to_dict(), str(tmp_path), state, 10, 1)
+    s = stage_settings(cfg, 1)
+    params = StageParams([str(i) for i in range(10)], list(range(10)), s.k, s.lam, s.omega, s.gamma)
+    worker.set_stage(s, params, state, None)
+    assert worker.settings.batch_size == 12 and not worker.settings.auto_batch  # CPU: 64, capped at 4 slots x 3
