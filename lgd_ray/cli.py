@@ -199,20 +199,30 @@ def cmd_cartography(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from .cost_plan import ASSUMED_H100_DIT_XL, figures_from_bench, format_plan, make_plan
+    from .cost_plan import ASSUMED_H100_DIT_XL, compare_with_run, figures_from_bench, figures_from_run, format_plan, make_plan
+    from .pipeline import load_run_config
 
-    cfg = _load(a)
+    if a.bench and a.from_run:
+        raise UserError("--from-run", "give either --bench or --from-run", "drop one of them")
+    name, overrides = split_config(a)
+    if a.compare and name is None and not overrides:
+        cfg, name = load_run_config(a.compare), f"the config of {a.compare}"  # plan the run being compared with
+    else:
+        cfg = _load(a)
     try:
-        gpus = [int(n) for n in a.gpus.split(",") if n.strip()]
+        gpus = [int(n) for n in (a.gpus or str(max(1, cfg.ray.samplers))).split(",") if n.strip()]
     except ValueError:
         raise UserError("--gpus", f"{a.gpus!r} is not a GPU count", "give e.g. --gpus 8 or --gpus 8,64,256") from None
     if not gpus:
         raise UserError("--gpus", "no GPU count given", "give e.g. --gpus 8")
-    figures = figures_from_bench(a.bench) if a.bench else ASSUMED_H100_DIT_XL
+    figures = (figures_from_bench(a.bench) if a.bench else figures_from_run(a.from_run) if a.from_run
+               else ASSUMED_H100_DIT_XL)
     plan = make_plan(cfg, figures)
     for n in gpus:
         plan.check_gpus(n)
-    print(format_plan(plan, gpus, name=split_config(a)[0] or "the embedded demo"))
+    print(format_plan(plan, gpus, name=name or "the embedded demo"))
+    if a.compare:
+        print("\n" + compare_with_run(plan, a.compare)[0])
     return 0
 
 
@@ -297,8 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="GPU-hours and wall time per stage of a run on N GPUs, from bench figures or stated assumptions")
     p.add_argument("config", nargs="?", default=None, help="YAML job config (e.g. jobs/imagenet1k_ipc50.yaml)")
     _config_args(p)
-    p.add_argument("--gpus", required=True, help="GPUs in the cluster; several comma-separated, e.g. 8,64,256")
+    p.add_argument("--gpus", default=None, help="GPUs in the cluster; several comma-separated, e.g. 8,64,256 "
+                   "(default: the config's ray.samplers, i.e. the run as configured)")
     p.add_argument("--bench", default=None, help="bench.json from `lgd-ray bench --out DIR` (default: assumed DiT-XL/2 on H100 figures)")
+    p.add_argument("--from-run", default=None, metavar="DIR",
+                   help="fit the figures to a measured distill output instead (its per-stage timings)")
+    p.add_argument("--compare", default=None, metavar="DIR",
+                   help="print the plan against the measured timings of DIR (whose config is planned unless CONFIG is given)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("tune", help="Ray Tune sweep (ASHA over stages) of λ, ω, κ, γ, window; best.yaml, trials.csv/md, sweep.png")

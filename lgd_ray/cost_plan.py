@@ -6,7 +6,7 @@ The model is the pipeline's own structure, multiplied out per stage:
 - training θ_i on D_i = I_0 ∪ … ∪ I_i: student epochs × |D_i| ÷ training images/s per GPU;
 - wall time on N GPUs: sampling chunks go to ⌊N / gpus_per_sampler⌋ actors in rounds (chunks are
   the unit of work, so a stage never takes less than one chunk), then Ray Train runs on
-  `ray.train_workers` GPUs (DDP, assumed to scale linearly), plus a fixed start-up per stage.
+  `ray.train_workers` GPUs (DDP, assumed to scale linearly), plus a fixed start-up per sampling stage and per training run.
 The figures come from a `lgd-ray bench --out DIR` run (bench.json) or from the stated assumptions
 below; the plan prints which, because every number downstream is only as good as they are.
 """
@@ -36,7 +36,8 @@ class Figures:
     guided_ratio: float  # guided step / unguided step (forward with grad, one backward, decode, S)
     with_cfg: bool
     train_images_per_s: dict[str, float]  # by student family at 224 px, per GPU, bf16
-    stage_overhead_s: float  # per stage: actors start and load the generator, Ray Train starts
+    stage_overhead_s: float  # per stage: sampler actors start, load the generator, receive θ
+    train_overhead_s: float  # per training run: Ray Train starts its workers, loads the set, validates
     source: str
 
 
@@ -49,11 +50,12 @@ class Figures:
 #   224 px: ≈ 1.7 TFLOPs against 0.24 for the unguided step, taken as 7.5×;
 # - student training with instance norm at 224 px: ConvNet-6 4000 img/s, ResNet-18 / ResNetAP-10
 #   3000 img/s per GPU (data in memory, augmentation on the GPU as train.py does it);
-# - 120 s per stage for sampler actors to start and load the 2.7 GB generator, and Ray Train to start.
+# - 90 s per stage for sampler actors to start and load the 2.7 GB generator and the VAE, and 30 s per
+#   training run for Ray Train to start its workers, read the set and validate.
 ASSUMED_H100_DIT_XL = Figures(
     image_step_s=0.8e-3, guided_ratio=7.5, with_cfg=True,
     train_images_per_s={"convnet": 4000.0, "resnet18": 3000.0, "resnetap10": 3000.0},
-    stage_overhead_s=120.0, source="assumed: DiT-XL/2 on one H100, bf16 (see lgd_ray/cost_plan.py)",
+    stage_overhead_s=90.0, train_overhead_s=30.0, source="assumed: DiT-XL/2 on one H100, bf16 (see lgd_ray/cost_plan.py)",
 )
 
 
@@ -139,13 +141,14 @@ class RunPlan:
         return s.train_gpu_s / self.train_workers  # DDP taken to scale linearly
 
     def stage_wall_s(self, s: StagePlan, gpus: int) -> float:
-        return self.figures.stage_overhead_s + self.sampling_wall_s(s, gpus) + self.training_wall_s(s)
+        train = self.figures.train_overhead_s + self.training_wall_s(s) if s.train_images else 0.0
+        return self.figures.stage_overhead_s + self.sampling_wall_s(s, gpus) + train
 
     def reference_wall_s(self) -> float:
         """θ* trained inside the run (no reference.path), before stage 0; 0 when it is given."""
         if not self.reference_in_run:
             return 0.0
-        return self.figures.stage_overhead_s + self.reference_gpu_s / self.train_workers
+        return self.figures.train_overhead_s + self.reference_gpu_s / self.train_workers
 
     def wall_s(self, gpus: int) -> float:
         return self.reference_wall_s() + sum(self.stage_wall_s(s, gpus) for s in self.stages)
@@ -222,6 +225,8 @@ def _h(seconds: float) -> str:
 
 
 def _wall(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
@@ -239,7 +244,7 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
              f"figures: {f.source}",
              f"  {f.image_step_s * 1e3:.2f} ms per image-step ({'with' if f.with_cfg else 'without'} CFG; "
              f"×{plan.cfg_factor:g} for this config), guided step {f.guided_ratio:.1f}× unguided, "
-             f"{f.stage_overhead_s:.0f} s start-up per stage",
+             f"start-up {f.stage_overhead_s:.0f} s per sampling stage, {f.train_overhead_s:.0f} s per training run",
              "  training img/s per GPU at 224 px: " + ", ".join(f"{k} {v:.0f}" for k, v in f.train_images_per_s.items()),
              ""]
     cols = ["stage", "images", "κ", "chunks", "sample GPU-h", "train on", "train GPU-h"] + [f"wall @{n}" for n in gpus]
@@ -265,3 +270,94 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
     lines.append(f"evaluation (not above): {_h(plan.eval_gpu_s_per_seed)} GPU-h per seed of eval training "
                  f"(the soft-label protocol adds a teacher forward per batch, ~+1/3)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ calibration from a measured run
+
+
+def _run_records(run: str) -> tuple[Config, list[dict]]:
+    from .pipeline import load_run_config
+    from .store import OutputDir
+
+    out = OutputDir(run)
+    if not out.exists("config.json"):
+        raise UserError("--from-run", f"{run} is not a distill output (no config.json)", "give the --out folder of a distill")
+    cfg = load_run_config(run)
+    lines = out.read_bytes("metrics.jsonl").decode().splitlines() if out.exists("metrics.jsonl") else []
+    return cfg, [json.loads(x) for x in lines if x.strip()]
+
+
+def _rounds(chunks: int, cfg: Config) -> int:
+    actors = max(1, math.floor(cfg.ray.samplers + 1e-9))
+    return math.ceil(chunks / actors)
+
+
+def figures_from_run(run: str, base: Figures = ASSUMED_H100_DIT_XL) -> Figures:
+    """Figures fitted to a measured distill (its metrics.jsonl), by inverting the plan's own model:
+    stage 0 (unguided, κ = 1) gives the image-step time, the guided stages the guided/unguided ratio,
+    the students' training loops the images/s (scaled to 224 px), and what is left of each stage's
+    wall time the start-ups: sampler actors (start, load, receive θ) and Ray Train (start, read, validate)."""
+    cfg, recs = _run_records(run)
+    plan = make_plan(cfg, base)
+    samples = {r["stage"]: r for r in recs if r.get("event") == "sample" and r.get("chunks")}
+    trains = [r for r in recs if r.get("event") in ("student", "reference") and r.get("loop_s")]
+    if 0 not in samples or not any(s > 0 for s in samples) or not trains:
+        raise UserError("--from-run", f"{run} has no timings of an unguided stage 0, a guided stage and a training",
+                        "calibrate on a distill with λ > 0, at least one stage, run by this version")
+    g = min(cfg.ray.gpus_per_sampler or 1.0, 1.0)
+
+    def chunk_s(r: dict) -> float:  # one round of chunks, the plan's unit of sampling time
+        return (r["wall_s"] - r["setup_s"]) / _rounds(r["chunks"], cfg) * g
+
+    s0 = plan.stages[0]
+    step_s = chunk_s(samples[0]) / (s0.chunk_slots * s0.unguided_steps)
+    ratios = []
+    for st in plan.stages[1:]:
+        if st.stage in samples and st.guided_steps:
+            per_image_steps = chunk_s(samples[st.stage]) / (st.chunk_slots * st.candidates * step_s)
+            ratios.append((per_image_steps - st.unguided_steps) / st.guided_steps)
+    if not ratios:
+        raise UserError("--from-run", f"{run} has no guided stage timings", "calibrate on a distill with λ > 0")
+    fitted: dict[str, list[float]] = {}
+    for r in trains:  # per GPU (or CPU worker), scaled to the plan's 224 px
+        arch = (cfg.student if r["event"] == "student" else cfg.reference).arch
+        per_worker = r["epochs"] * r["train_images"] / r["loop_s"] / cfg.ray.train_workers
+        fitted.setdefault("convnet" if arch.startswith("convnet") else arch, []).append(
+            per_worker * (cfg.data.image_size / REFERENCE_RESOLUTION) ** 2)
+    rates = {**base.train_images_per_s, **{f: sum(v) / len(v) for f, v in fitted.items()}}
+    setup = [r["setup_s"] for r in samples.values()]
+    train_setup = [r["wall_s"] - r["loop_s"] for r in trains if "wall_s" in r] or [base.train_overhead_s]
+    device = "GPU" if cfg.ray.gpus_per_sampler > 0 else "CPU"
+    return Figures(image_step_s=step_s, guided_ratio=sum(ratios) / len(ratios), with_cfg=cfg.generator.cfg_scale != 1.0,
+                   train_images_per_s=rates, stage_overhead_s=sum(setup) / len(setup),
+                   train_overhead_s=sum(train_setup) / len(train_setup),
+                   source=f"fitted to the measured run {run} ({device}, {cfg.ray.samplers} sampler actor(s))")
+
+
+def compare_with_run(plan: RunPlan, run: str) -> tuple[str, float]:
+    """The plan against a measured run of the same config, per stage and in total; returns (table,
+    relative error of the total wall time). The run's sampler count is the 'GPU' count."""
+    cfg, recs = _run_records(run)
+    gpus = max(1, math.floor(cfg.ray.samplers * (cfg.ray.gpus_per_sampler or 1.0) + 1e-9))
+    samples = {r["stage"]: r["wall_s"] for r in recs if r.get("event") == "sample"}
+    trains = {r["stage"]: r["wall_s"] for r in recs if r.get("event") == "student" and "wall_s" in r}
+    ref = next((r["wall_s"] for r in recs if r.get("event") == "reference" and "wall_s" in r), None)
+    if len(samples) != len(plan.stages):
+        raise UserError("--compare", f"{run} has sampling timings for {len(samples)} of {len(plan.stages)} stages",
+                        "compare with a run that sampled every stage in one go (not resumed)")
+    rows = [["stage", "predicted s", "measured s", "error"]]
+    pred_total = meas_total = 0.0
+    if plan.reference_in_run and ref is not None:
+        p, m = plan.reference_wall_s(), ref
+        rows.append(["θ*", f"{p:.1f}", f"{m:.1f}", f"{(p - m) / m:+.0%}"])
+        pred_total, meas_total = pred_total + p, meas_total + m
+    for s in plan.stages:
+        p = plan.stage_wall_s(s, gpus)
+        m = samples[s.stage] + trains.get(s.stage, 0.0)
+        rows.append([str(s.stage), f"{p:.1f}", f"{m:.1f}", f"{(p - m) / m:+.0%}"])
+        pred_total, meas_total = pred_total + p, meas_total + m
+    err = (pred_total - meas_total) / meas_total
+    rows.append(["total", f"{pred_total:.1f}", f"{meas_total:.1f}", f"{err:+.0%}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows)
+    return f"plan vs the measured run {run} ({gpus} sampler actor(s)):\n{table}", err

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,10 +147,11 @@ def ensure_reference(cfg: Config, out: OutputDir, run: RunInfo, progress: bool =
         from .training import train_with_ray
 
         log(progress, f"training the reference θ* ({cfg.reference.arch}, {cfg.reference.epochs} epochs, Ray Train)")
+        t0 = time.perf_counter()
         state, metrics = train_with_ray(cfg, out, role="reference", name="reference", class_ids=run.class_ids,
                                         in_channels=run.in_channels, stages=None, init=None, seed=cfg.seed)
         out.write_bytes(rel, weights_bytes(state))
-        out.append_jsonl("metrics.jsonl", {"event": "reference", **metrics})
+        out.append_jsonl("metrics.jsonl", {"event": "reference", **metrics, "wall_s": time.perf_counter() - t0})
         log(progress, f"reference: val acc {metrics.get('val_acc', float('nan')):.3f}")
     return state
 
@@ -233,12 +235,17 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
     elif todo:
         bar = _bar(progress, len(chunks), len(parts), f"{stage_name(stage)} sampling")
         memory = stage_memory(out, list(range(stage)), cfg.distill.memory_size) if s.gamma > 0 else None
+        t0 = time.perf_counter()
         try:
-            parts.update(pool.get().run_stage(stage, todo, s, params, student_state if stage > 0 else None, memory,
-                                              on_part=lambda i, p: bar.update(1) if bar else None))
+            sampler = pool.get()
+            parts.update(sampler.run_stage(stage, todo, s, params, student_state if stage > 0 else None, memory,
+                                           on_part=lambda i, p: bar.update(1) if bar else None))
         finally:
             if bar:
                 bar.close()
+        # what `lgd-ray plan --from-run` fits: set-up (actors start, load, receive θ) vs sampling proper
+        out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": stage, "wall_s": time.perf_counter() - t0,
+                                           "setup_s": sampler.setup_s, "chunks": len(todo), "samplers": cfg.ray.samplers})
     inputs = {"config_hash": cfg.hash(), "generator": cfg.generator.path,
               "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None}
     out.write_manifest(stage, [parts[i] for i in sorted(parts)], inputs)
@@ -278,11 +285,13 @@ def train_stage_student(cfg: Config, out: OutputDir, run: RunInfo, stage: int, i
         from .training import train_with_ray
 
         log(progress, f"{stage_name(stage)}: training θ_{stage} on stages 0..{stage} ({cfg.ray.train_workers} Ray Train worker(s))")
+        t0 = time.perf_counter()
         state, metrics = train_with_ray(cfg, out, role="student", name=f"student-{stage_name(stage)}", class_ids=run.class_ids,
                                         in_channels=run.in_channels, stages=list(range(stage + 1)),
                                         init=init if cfg.student.warm_start else None, seed=cfg.seed + stage)
         out.write_bytes(rel, weights_bytes(state))
-        out.append_jsonl("metrics.jsonl", {"event": "student", "stage": stage, **metrics})
+        out.append_jsonl("metrics.jsonl", {"event": "student", "stage": stage, **metrics,
+                                           "wall_s": time.perf_counter() - t0})
         log(progress, f"{stage_name(stage)}: θ_{stage} val acc {metrics.get('val_acc', float('nan')):.3f}")
     return state
 

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 
 import ray.train
@@ -49,11 +50,13 @@ def _train_loop(config: dict) -> None:
     sampler = shard_sampler(train_set, world, rank, config["seed"])
     settings = TrainSettings.from_section(section, config["seed"])
     settings.batch_size = worker_batch_size(section.batch_size, world, f"{role}.batch_size")
+    t0 = time.perf_counter()
     train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False)
+    loop_s = time.perf_counter() - t0  # the part that scales with epochs × images (`lgd-ray plan` fits it)
     net = model.module if hasattr(model, "module") else model
     acc, loss = evaluate_accuracy(net, val_set, device=device)
     metrics = {"val_acc": acc, "val_loss": loss, "train_images": len(train_set),
-               "global_batch": settings.batch_size * world}
+               "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, os.path.join(d, "model.safetensors"))

@@ -18,7 +18,7 @@ from lgd_ray.cost_plan import ASSUMED_H100_DIT_XL, figures_from_bench, make_plan
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 IN1K = str(JOBS / "imagenet1k_ipc50.yaml")
-NO_OVERHEAD = dataclasses.replace(ASSUMED_H100_DIT_XL, stage_overhead_s=0.0)
+NO_OVERHEAD = dataclasses.replace(ASSUMED_H100_DIT_XL, stage_overhead_s=0.0, train_overhead_s=0.0)
 
 
 def plan(*overrides: str, figures=NO_OVERHEAD, path: str = IN1K):
@@ -93,8 +93,9 @@ def test_training_scales_with_images_and_epochs_not_sampler_gpus():
 
 def test_total_wall_adds_stage_overheads_and_falls_with_gpus():
     p0 = plan()
-    p1 = plan(figures=dataclasses.replace(NO_OVERHEAD, stage_overhead_s=100.0))
-    assert p1.wall_s(8) == pytest.approx(p0.wall_s(8) + 5 * 100.0)
+    p1 = plan(figures=dataclasses.replace(NO_OVERHEAD, stage_overhead_s=100.0, train_overhead_s=10.0))
+    # 5 sampling stages, 4 student runs (none after the last stage); θ* is the train-reference job's
+    assert p1.wall_s(8) == pytest.approx(p0.wall_s(8) + 5 * 100.0 + 4 * 10.0)
     assert p0.wall_s(8) > p0.wall_s(64) > p0.wall_s(256)
     assert p0.wall_s(1250) == pytest.approx(p0.sample_gpu_s / 1250 + p0.train_gpu_s / 8)
 
@@ -167,3 +168,50 @@ def test_cli_bad_input_exits_2(capsys, tmp_path):
     assert main(["plan", IN1K, "--gpus", "8", "--bench", str(tmp_path / "nope.json")]) == 2
     assert main(["plan", IN1K, "distill.k=0", "--gpus", "8"]) == 2
     assert math.isfinite(make_plan(load_config(None)).wall_s(2))  # the demo config plans too
+
+
+def _synthetic_run(tmp_path, cfg, figures) -> str:
+    """A distill output whose metrics.jsonl holds the timings the plan's own model predicts for `figures`."""
+    from lgd_ray.pipeline import prepare_output
+    from lgd_ray.store import OutputDir
+
+    out = OutputDir(str(tmp_path / "run"))
+    prepare_output(out, cfg, False)
+    p = make_plan(cfg, figures)
+    w = cfg.ray.train_workers
+    out.append_jsonl("metrics.jsonl", {"event": "reference", "epochs": cfg.reference.epochs, "train_images": p.real_images,
+                                       "loop_s": p.reference_gpu_s / w, "wall_s": p.reference_wall_s()})
+    for s in p.stages:
+        out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": s.stage, "chunks": s.chunks, "samplers": cfg.ray.samplers,
+                                           "setup_s": figures.stage_overhead_s,
+                                           "wall_s": figures.stage_overhead_s + p.sampling_wall_s(s, cfg.ray.samplers)})
+        if s.train_images:
+            loop = p.training_wall_s(s)
+            out.append_jsonl("metrics.jsonl", {"event": "student", "stage": s.stage, "epochs": cfg.student.epochs,
+                                               "train_images": s.train_images, "loop_s": loop,
+                                               "wall_s": loop + figures.train_overhead_s})
+    return out.uri
+
+
+def test_figures_fitted_to_a_run_invert_the_model(tmp_path):
+    """Timings made by the plan's model from known figures are fitted back to those figures, and the plan
+    then predicts the run with zero error: the calibration inverts exactly what the plan multiplies out."""
+    from lgd_ray.cost_plan import compare_with_run, figures_from_run
+
+    cfg = load_config(None, ["distill.stages=3", "distill.ipc_per_stage=4", "distill.chunk_size=7", "ray.samplers=2",
+                             "ray.train_workers=2", "distill.k=3", "distill.window=[2,13]"])
+    truth = dataclasses.replace(ASSUMED_H100_DIT_XL, image_step_s=2.5e-3, guided_ratio=3.2, with_cfg=False,
+                                train_images_per_s={**ASSUMED_H100_DIT_XL.train_images_per_s, "convnet": 5.0},
+                                stage_overhead_s=6.0, train_overhead_s=11.0)
+    run = _synthetic_run(tmp_path, cfg, truth)
+    fit = figures_from_run(run)
+    assert fit.image_step_s == pytest.approx(truth.image_step_s)
+    assert fit.guided_ratio == pytest.approx(truth.guided_ratio)
+    assert fit.train_images_per_s["convnet"] == pytest.approx(5.0)
+    assert (fit.stage_overhead_s, fit.train_overhead_s) == (pytest.approx(6.0), pytest.approx(11.0))
+    table, err = compare_with_run(make_plan(cfg, fit), run)
+    assert err == pytest.approx(0.0, abs=1e-9) and "total" in table
+    # the CLI: figures from one run, compared with another (here the same), one-line errors otherwise
+    assert main(["plan", "--from-run", run, "--compare", run]) == 0
+    assert main(["plan", "--from-run", str(tmp_path), "--gpus", "2"]) == 2
+    assert main(["plan", "--from-run", run, "--bench", run, "--gpus", "2"]) == 2
