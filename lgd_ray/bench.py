@@ -40,6 +40,11 @@ class BenchSpec:
     repeats: int = 3
     cfg_scale: float = 1.0  # DiT-XL/2 runs use 4.0: two denoiser passes per step
     per_image_slots: int = 10  # slots for the full-sampling cost per kept image
+    student_size: int | None = None  # side the students score at (the jobs: 224 for 256 px samples)
+
+    @property
+    def student_px(self) -> int:
+        return self.student_size or self.image_size
 
 
 def _timed(fn, repeats: int) -> float:
@@ -58,11 +63,11 @@ def step_costs(spec: BenchSpec, device: torch.device) -> dict:
     """Seconds per denoising step, unguided (no autograd) vs guided (forward with grad + one backward)."""
     gen = create_generator(spec.arch, spec.num_classes, spec.image_size, spec.channels).to(device)
     gen.set_scheduler("ddim", spec.steps)
-    student = build_student(spec.student, spec.num_classes, spec.image_size, spec.channels, seed=1).to(device).eval().requires_grad_(False)
-    reference = build_student(spec.student, spec.num_classes, spec.image_size, spec.channels, seed=2).to(device).eval().requires_grad_(False)
+    student = build_student(spec.student, spec.num_classes, spec.student_px, spec.channels, seed=1).to(device).eval().requires_grad_(False)
+    reference = build_student(spec.student, spec.num_classes, spec.student_px, spec.channels, seed=2).to(device).eval().requires_grad_(False)
     n = spec.batch_size
     seeds, labels = list(range(n)), torch.arange(n) % spec.num_classes
-    one = dict(num_steps=1, k=1, batch_size=n, student_size=spec.image_size, autocast=device.type == "cuda",
+    one = dict(num_steps=1, k=1, batch_size=n, student_size=spec.student_px, autocast=device.type == "cuda",
                cfg_scale=spec.cfg_scale)
     gen.scheduler.set_timesteps(1)  # a single step at the noisiest timestep
     plain = SampleSettings(**one, window=(0, 0), lam=0.0)
@@ -100,7 +105,7 @@ def per_image_costs(gen, student, reference, spec: BenchSpec, device: torch.devi
     gen.set_scheduler("ddim", spec.steps)
     items = stage_items(1, spec.num_classes, 1)[: spec.per_image_slots]
     common = dict(num_steps=spec.steps, window=spec.window, batch_size=spec.batch_size,
-                  student_size=spec.image_size, autocast=device.type == "cuda", cfg_scale=spec.cfg_scale)
+                  student_size=spec.student_px, autocast=device.type == "cuda", cfg_scale=spec.cfg_scale)
     runs = {"unguided": SampleSettings(**common, k=1, lam=0.0), "lgd_k1": SampleSettings(**common, k=1, lam=0.1),
             f"lgd_k{spec.k}": SampleSettings(**common, k=spec.k, lam=0.1)}
     classes = list(range(spec.num_classes))
@@ -126,10 +131,10 @@ def throughput(spec: BenchSpec, device: torch.device, actors: list[int]) -> dict
     cfg.generator.path, cfg.generator.num_steps, cfg.generator.batch_size = gen_dir, spec.steps, spec.batch_size
     cfg.student.arch = cfg.reference.arch = spec.student
     cfg.distill.k, cfg.distill.window, cfg.distill.chunk_size = spec.k, list(spec.window), spec.chunk_size
-    cfg.data.image_size = spec.image_size
+    cfg.data.image_size = spec.student_px
     cfg.ray.gpus_per_sampler = 1.0 if device.type == "cuda" else 0.0
-    ref_state = build_student(spec.student, spec.num_classes, spec.image_size, spec.channels, seed=2).state_dict()
-    stu_state = build_student(spec.student, spec.num_classes, spec.image_size, spec.channels, seed=1).state_dict()
+    ref_state = build_student(spec.student, spec.num_classes, spec.student_px, spec.channels, seed=2).state_dict()
+    stu_state = build_student(spec.student, spec.num_classes, spec.student_px, spec.channels, seed=1).state_dict()
     chunks = dict(enumerate(chunk(stage_items(1, spec.num_classes, spec.slots // spec.num_classes), spec.chunk_size)))
     settings = stage_settings(cfg, 1)
     run = RunInfo([str(i) for i in range(spec.num_classes)], list(range(spec.num_classes)), spec.channels)
