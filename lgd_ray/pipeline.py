@@ -89,7 +89,6 @@ def resolve_classes_only(cfg: Config) -> list[str]:
 
 def resolve_run(cfg: Config) -> RunInfo:
     """Check the config against the data and the generator; every mismatch is a one-line UserError."""
-    d = cfg.data
     class_ids = resolve_classes_only(cfg)
     info = read_generator_info(cfg.generator.path)
     if cfg.generator.class_map is not None:

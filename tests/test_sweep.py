@@ -150,6 +150,10 @@ def test_per_stage_reporting(swept):
         students = {x["stage"]: x["val_acc"] for x in recs if x["event"] == "student"}
         for s in range(1, n + 1):  # what Tune got is what the pipeline measured for θ_{s-1}
             assert float(r[f"acc_stage{s}"]) == pytest.approx(students[s - 1])
+    # the reservation: one trial's peak (0.01 + 1 CPU) fits 2 CPUs once, so the trials ran one after the other
+    first, second = (sorted(p.stat().st_mtime for p in Path(out, "trials", r["trial_id"]).rglob("*") if p.is_file())
+                     for r in rows)
+    assert first[-1] <= second[0]
     md = Path(out, "trials.md").read_text()
     assert all(r["trial_id"] in md for r in rows)
     assert Path(out, "sweep.png").read_bytes()[:4] == b"\x89PNG"
