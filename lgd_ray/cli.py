@@ -200,12 +200,13 @@ def cmd_cartography(a: argparse.Namespace) -> int:
 
 def cmd_plan(a: argparse.Namespace) -> int:
     from .cost_plan import ASSUMED_H100_DIT_XL, compare_with_run, figures_from_bench, figures_from_run, format_plan, make_plan
-    from .pipeline import load_run_config
 
     if a.bench and a.from_run:
         raise UserError("--from-run", "give either --bench or --from-run", "drop one of them")
     name, overrides = split_config(a)
     if a.compare and name is None and not overrides:
+        from .pipeline import load_run_config
+
         cfg, name = load_run_config(a.compare), f"the config of {a.compare}"  # plan the run being compared with
     else:
         cfg = _load(a)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from . import __version__
 from .core.batching import CPU_BATCH_SIZE
@@ -29,7 +29,7 @@ from .core.generator import read_generator_info
 from .core.guidance import ClassMemory
 from .core.plan import WorkItem, chunk, stage_ipc, stage_items
 from .core.sampler import Sample, SampleSettings
-from .store import OutputDir, StageParams, sha256, stage_name
+from .store import OutputDir, StageParams, sha256, stage_name, weights_bytes
 
 OUTPUT_ENTRIES = ("checkpoints", "reference", "preview", "metrics.jsonl", "results.json", "report.md", "_ray_train")
 
@@ -125,10 +125,6 @@ def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
     out.write_text("config.yaml", f"# config hash {cfg.hash()}\n" + dump_yaml(cfg))
     out.write_text("config.json", json.dumps({"hash": cfg.hash(), "config": cfg.to_dict(), "versions": versions}, indent=1))
     return saved is not None and saved["hash"] == cfg.hash()
-
-
-def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    return save({k: v.contiguous() for k, v in state.items()})
 
 
 def load_weights(out: OutputDir, rel: str) -> dict[str, torch.Tensor] | None:
@@ -243,8 +239,10 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
             if bar:
                 bar.close()
         # what `lgd-ray plan --from-run` fits: set-up (actors start, load, receive θ) vs sampling proper
-        out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": stage, "wall_s": time.perf_counter() - t0,
-                                           "setup_s": sampler.setup_s, "chunks": len(todo), "samplers": cfg.ray.samplers})
+        wall = time.perf_counter() - t0
+        out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": stage, "wall_s": wall,
+                                           "setup_s": wall - sampler.sampling_s, "chunks": len(todo),
+                                           "samplers": cfg.ray.samplers})
     inputs = {"config_hash": cfg.hash(), "generator": cfg.generator.path,
               "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None}
     out.write_manifest(stage, [parts[i] for i in sorted(parts)], inputs)

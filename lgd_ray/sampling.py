@@ -20,23 +20,20 @@ class SamplerPool:
 
     def __init__(self, cfg: dict, out_uri: str, reference_state: dict | None, num_classes: int, in_channels: int,
                  *, samplers: int, cpus: float, gpus: float):
-        t0 = time.perf_counter()
         ref = ray.put(reference_state)
         threads = max(1, int(cpus)) if gpus == 0 else None
         opts = {"num_cpus": cpus, "num_gpus": gpus}
         self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads)
                        for _ in range(samplers)]
-        self.start_s, self.setup_s = time.perf_counter() - t0, 0.0
+        self.sampling_s = 0.0  # the last run_stage's chunk loop, after the actors were ready for the stage
 
     def run_stage(self, stage: int, chunks: dict[int, list[WorkItem]], settings: SampleSettings, params: StageParams,
                   student_state: dict | None, memory: dict | None,
                   on_part: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
         """Sample the given chunks (index -> items); returns index -> part info. Order-free, deterministic."""
-        t0 = time.perf_counter()
         student_ref, memory_ref = ray.put(student_state), ray.put(memory)
         ray.get([a.set_stage.remote(settings, params, student_ref, memory_ref) for a in self.actors])
-        self.setup_s = time.perf_counter() - t0 + self.start_s  # a fresh pool: includes loading the generator
-        self.start_s = 0.0
+        t0 = time.perf_counter()
         todo = sorted(chunks)
         pending: dict = {}
         done: dict[int, dict] = {}
@@ -53,6 +50,7 @@ class SamplerPool:
             slots.append(actor)
             if on_part:
                 on_part(idx, done[idx])
+        self.sampling_s = time.perf_counter() - t0
         return done
 
     def shutdown(self) -> None:

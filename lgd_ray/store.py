@@ -22,10 +22,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from safetensors.torch import save
 
 from .core.data import ImageSet, encode_png, read_parquet_images
 from .core.errors import UserError
 from .core.sampler import Sample
+
+
+def weights_bytes(state: dict) -> bytes:
+    """A state dict as safetensors bytes (CPU, contiguous), for OutputDir.write_bytes."""
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
 
 SCHEMA = pa.schema([
     ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),

@@ -20,13 +20,13 @@ import ray.train
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import load_file
 
 from .core.config import Config, from_dict
 from .core.data import load_split
 from .core.students import build_student
 from .core.train import TrainSettings, evaluate_accuracy, shard_sampler, train_classifier, worker_batch_size
-from .store import OutputDir
+from .store import OutputDir, weights_bytes
 
 
 def _train_loop(config: dict) -> None:
@@ -59,7 +59,8 @@ def _train_loop(config: dict) -> None:
                "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, os.path.join(d, "model.safetensors"))
+            with open(os.path.join(d, "model.safetensors"), "wb") as f:
+                f.write(weights_bytes(net.state_dict()))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
     else:
         ray.train.report(metrics)
@@ -93,7 +94,7 @@ def write_classifier(out: OutputDir, state: dict[str, torch.Tensor], *, arch: st
     """model.safetensors + metrics.json, the output of `lgd-ray train-reference`: a θ* for
     `reference.path` and a teacher for `eval.teacher`, whose loader rebuilds the net from the arch,
     the classes (in output order) and the input size recorded here."""
-    out.write_bytes("model.safetensors", save({k: v.detach().cpu().contiguous() for k, v in state.items()}))
+    out.write_bytes("model.safetensors", weights_bytes(state))
     meta = {**(metrics or {}), "arch": arch, "classes": list(class_ids), "image_size": image_size,
             "in_channels": in_channels}
     out.write_text("metrics.json", json.dumps(meta, indent=1))
