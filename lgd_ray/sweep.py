@@ -19,9 +19,6 @@ trial waits on another.
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
 import json
 import math
 import os
@@ -30,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-from .core.config import Config, dump_yaml, from_dict, load_config, parse_override, read_yaml, set_key, validate
+from .core.config import Config, from_dict, load_config, parse_override, read_yaml, set_key, validate
 from .core.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
@@ -90,7 +86,7 @@ class Sweep:
         return self.base.distill.stages
 
 
-def _config_with(base: Config, params: dict[str, Any]) -> Config:
+def config_with(base: Config, params: dict[str, Any]) -> Config:
     cfg = from_dict(base.to_dict())
     for k, v in params.items():
         set_key(cfg, k, v)
@@ -101,7 +97,7 @@ def _config_with(base: Config, params: dict[str, Any]) -> Config:
 def _check_value(base: Config, key: str, value: Any, what: str) -> None:
     """The value must be a valid setting of the key (type and range), else a UserError naming space.<key>."""
     try:
-        _config_with(base, {key: value})
+        config_with(base, {key: value})
     except UserError as e:  # also when another field breaks with it (e.g. window vs generator.num_steps)
         raise UserError(f"space.{key}", f"{what} {value!r} is invalid: {e.problem}", e.fix) from None
 
@@ -299,7 +295,7 @@ def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: 
     import ray
     from ray import tune
 
-    cfg = _config_with(from_dict(base), decode_params(space, config))
+    cfg = config_with(from_dict(base), decode_params(space, config))
     trial_id = tune.get_context().get_trial_id()
     out = os.path.join(out_root, "trials", trial_id)
     # Tune captures the trial's children into its one-bundle group; the runner is scheduled outside it
@@ -369,6 +365,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
+    from .sweep_results import collect, write_results
+
     rows = collect(grid, sweep, out)
     summary = write_results(out, sweep, rows)
     summary.update({"restored": restored, "wall_s": round(time.time() - start, 1)})
@@ -390,131 +388,3 @@ def search_algorithm(sweep: Sweep, concurrent: int):
 
 def _spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
-
-
-# ------------------------------------------------------------------------------------------- results
-
-
-def collect(grid, sweep: Sweep, out: str) -> list[dict]:
-    """One row per trial: params, accuracy per stage, final accuracy, status ("completed" = the trial's
-    distilled set is whole, every stage's manifest written)."""
-    from .store import OutputDir
-
-    all_trials = list(grid._experiment_analysis.trials)
-    by_id = {t.trial_id: t for t in all_trials}
-    by_path = {os.path.normpath(t.path): t for t in all_trials if getattr(t, "path", None)}
-    rows = []
-    for res in grid:
-        trial = by_id.get((res.metrics or {}).get("trial_id")) or by_path.get(os.path.normpath(res.path))
-        tid = trial.trial_id if trial is not None else os.path.basename(res.path)
-        df = res.metrics_dataframe
-        accs: dict[int, float] = {}
-        if df is not None and "stage" in df:
-            for s, a in zip(df["stage"], df[sweep.metric]):
-                accs[int(s)] = float(a)
-        status_raw = trial.status if trial is not None else "UNKNOWN"
-        if res.error is not None or status_raw == "ERROR":
-            status = "error"
-        elif OutputDir(os.path.join(out, "trials", tid)).manifest(sweep.stages) is not None:
-            status = "completed"
-        elif status_raw == "TERMINATED":
-            status = "early-stopped"
-        else:
-            status = status_raw.lower()
-        params = {p.key: p.decode((res.config or {}).get(p.key)) for p in sweep.space}  # None: trial died early
-        last = max(accs) if accs else None
-        rows.append({"trial_id": tid, "params": params, "acc": accs, "stages_done": last or 0,
-                     "final_acc": accs[last] if last else None, "status": status,
-                     "error": str(res.error).splitlines()[0] if res.error is not None else ""})
-    rows.sort(key=lambda r: r["trial_id"])
-    return rows
-
-
-def best_row(rows: list[dict], stages: int) -> dict | None:
-    """The best completed trial (final stage accuracy); if none completed, the best at its last stage."""
-    done = [r for r in rows if r["status"] == "completed" and r["final_acc"] is not None]
-    pool = done or [r for r in rows if r["final_acc"] is not None]
-    return max(pool, key=lambda r: (r["stages_done"], r["final_acc"])) if pool else None
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, list) else str(v)
-
-
-def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
-    keys = [p.key for p in sweep.space]
-    stage_cols = [f"acc_stage{s}" for s in range(1, sweep.stages + 1)]
-    header = ["trial_id", *keys, *stage_cols, "final_acc", "stages_done", "status", "error"]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    for r in rows:
-        w.writerow([r["trial_id"], *[_fmt(r["params"][k]) for k in keys],
-                    *[r["acc"].get(s, "") for s in range(1, sweep.stages + 1)],
-                    "" if r["final_acc"] is None else r["final_acc"], r["stages_done"], r["status"], r["error"]])
-    Path(out, "trials.csv").write_text(buf.getvalue())
-
-    best = best_row(rows, sweep.stages)
-    md = [f"# Sweep ({len(rows)} trials, {sweep.stages} stages, ASHA grace {sweep.grace_period}, "
-          f"reduction {sweep.reduction_factor})", "",
-          "Accuracy = validation accuracy of the student θ_{s-1} trained on stages 0..s-1 (stage s reported after it).", "",
-          "| trial | " + " | ".join(keys) + " | " + " | ".join(f"stage {s}" for s in range(1, sweep.stages + 1))
-          + " | final | status |",
-          "|" + "---|" * (len(keys) + sweep.stages + 3)]
-    for r in rows:
-        cells = [r["trial_id"], *[_fmt(r["params"][k]) for k in keys],
-                 *[f"{100 * r['acc'][s]:.1f}" if s in r["acc"] else "–" for s in range(1, sweep.stages + 1)],
-                 f"{100 * r['final_acc']:.1f}" if r["final_acc"] is not None else "–", r["status"]]
-        md.append("| " + " | ".join(cells) + " |")
-    if best is not None:
-        md += ["", f"Best: {best['trial_id']} ({', '.join(f'{k}={_fmt(v)}' for k, v in best['params'].items())}), "
-               f"accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
-    Path(out, "trials.md").write_text("\n".join(md) + "\n")
-
-    if best is not None:
-        cfg = _config_with(sweep.base, best["params"])
-        Path(out, "best.yaml").write_text(f"# best trial {best['trial_id']} of `lgd-ray tune`; "
-                                          f"run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
-    plot_sweep(out, rows)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return {"out": out, "trials": len(rows), "status": counts,
-            "best": None if best is None else {"trial_id": best["trial_id"], "params": best["params"],
-                                               "val_acc": best["final_acc"], "stage": best["stages_done"]}}
-
-
-def plot_sweep(out: str, rows: list[dict]) -> None:
-    """sweep.png: last reported accuracy against λ (log x), coloured by ω; hollow = stopped early."""
-    from matplotlib.figure import Figure
-
-    from .plots import _png
-
-    pts = [r for r in rows if r["final_acc"] is not None]
-    fig = Figure(figsize=(5.5, 4.2))
-    ax = fig.add_subplot()
-    lam = [r["params"].get("distill.lam") for r in pts]
-    if pts and all(v is not None for v in lam):
-        omega = [r["params"].get("distill.omega") for r in pts]
-        color = [float(o) if o is not None else 0.0 for o in omega]
-        done = [r["status"] == "completed" for r in pts]
-        acc = [100 * r["final_acc"] for r in pts]
-        kw = dict(c=color, cmap="viridis", vmin=min(color), vmax=max(max(color), min(color) + 1e-9), s=50)
-        sc = None
-        for flag, label in ((True, "completed"), (False, "stopped early")):
-            sel = [i for i, d in enumerate(done) if d == flag]
-            if sel:
-                sc = ax.scatter([lam[i] for i in sel], [acc[i] for i in sel], marker="o" if flag else "x",
-                                label=label, **{**kw, "c": [color[i] for i in sel]})
-        if sc is not None:
-            fig.colorbar(sc, ax=ax, label="ω (distill.omega)")
-        if min(lam) > 0:
-            from matplotlib.ticker import NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow decade
-        ax.legend(fontsize=8)
-    ax.set(title="LGD sweep: accuracy at the last reported stage", xlabel="λ (distill.lam)", ylabel="val acc %")
-    Path(out, "sweep.png").write_bytes(_png(fig))

@@ -32,9 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
     (["distill.seed_source=no/such/folder"], "distill.seed_source"),
 ])
 def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypatch):
+    assert_refused("distill", args, field, tmp_path, capsys, monkeypatch)
+
+
+def assert_refused(command: str, args: list[str], field: str, tmp_path, capsys, monkeypatch) -> None:
+    """`lgd-ray COMMAND jobs/demo.yaml ARGS --out DIR` exits 2 with one line naming `field` and the fix
+    (in brackets), before anything is written."""
     monkeypatch.setenv("RAY_ADDRESS", "")
     out = tmp_path / "out"
-    code = main(["distill", str(ROOT / "jobs" / "demo.yaml"), *args, "--out", str(out)])
+    code = main([command, str(ROOT / "jobs" / "demo.yaml"), *args, "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and err.startswith(f"lgd-ray: error: {field}: ")

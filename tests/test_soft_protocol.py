@@ -17,8 +17,8 @@ from lgd_ray.core.config import Config, load_config
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.students import build_student
 from lgd_ray.core.teacher import checkpoint_files, parse_teacher, teacher_from_checkpoint, teacher_from_timm
+from test_cli import assert_refused
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN_CLASSES = [1, 4, 7, 9]  # a subset of the digits: the 10-way teacher is restricted to these
 # Output j of the "liar" teacher is claimed to be class LIAR[j]: 1 -> 4 -> 7 -> 9 -> 1 within the run's classes.
 LIAR = ["0", "4", "2", "3", "7", "5", "6", "9", "8", "1"]
@@ -58,13 +58,7 @@ def test_teacher_specs_parse():
     (["eval.protocol=soft", "eval.teacher=no/such/teacher"], "eval.teacher"),  # checked before Ray starts
 ])
 def test_bad_eval_keys_exit_2_with_one_line(args, field, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", "")
-    out = tmp_path / "out"
-    code = main(["demo", str(ROOT / "jobs" / "demo.yaml"), *args, "--out", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0 and err.startswith(f"lgd-ray: error: {field}: ") and "(" in err
-    assert not out.exists()
+    assert_refused("demo", args, field, tmp_path, capsys, monkeypatch)
 
 
 # --------------------------------------------------------------------------- teachers
