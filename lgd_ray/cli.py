@@ -31,7 +31,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
     from .core.config import load_config
     from .core.data import digits_hash, load_split, materialize
     from .core.train_generator import GeneratorTrainSettings, train_generator
-    from .pipeline import resolve_classes_only
+    from .engine.run import resolve_classes_only
 
     cfg = load_config(*split_config(a))
     class_ids = resolve_classes_only(cfg)
@@ -56,7 +56,8 @@ def _load(a: argparse.Namespace):
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
-    from .pipeline import distill, init_ray, resolve_run
+    from .engine.distill import distill
+    from .engine.run import init_ray, resolve_run
 
     cfg = _load(a)
     resolve_run(cfg)  # every input checked before Ray starts or anything is written
@@ -67,9 +68,9 @@ def cmd_distill(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
-    from .evaluation import load_teacher
-    from .pipeline import data_channels, init_ray, resolve_classes_only
+    from .apps.demo import run_demo
+    from .engine.eval_tasks import load_teacher
+    from .engine.run import data_channels, init_ray, resolve_classes_only
 
     cfg = _load(a)
     class_ids = resolve_classes_only(cfg)  # the data (and a soft protocol's teacher) must be there before anything starts
@@ -83,12 +84,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .core.config import set_key, parse_override, validate
+    from .apps.report import results_table
+    from .core.config import parse_override, set_key, validate
     from .core.data import load_split, materialize
-    from .evaluation import evaluate_sets, load_teacher
-    from .pipeline import init_ray, load_run_config, resolve_run
-    from .report import results_table
-    from .store import OutputDir
+    from .engine.eval_tasks import evaluate_sets, load_teacher
+    from .engine.run import init_ray, load_run_config, resolve_run
+    from .engine.store import OutputDir
 
     cfg = load_run_config(a.run)
     for text in a.overrides:
@@ -116,9 +117,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_train_reference(a: argparse.Namespace) -> int:
-    from .pipeline import init_ray, resolve_run
-    from .store import OutputDir
-    from .training import train_with_ray, write_classifier
+    from .engine.run import init_ray, resolve_run
+    from .engine.store import OutputDir
+    from .engine.train_job import train_with_ray, write_classifier
 
     cfg = _load(a)
     run = resolve_run(cfg)
@@ -133,8 +134,8 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .pipeline import load_run_config
-    from .store import OutputDir
+    from .engine.run import load_run_config
+    from .engine.store import OutputDir
 
     load_run_config(a.run)
     out = OutputDir(a.run)
@@ -148,13 +149,18 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import BenchSpec, format_report, run_bench
-    from .pipeline import init_ray
+    from .apps.bench import BenchSpec, format_report, run_bench
+    from .engine.run import init_ray
 
     if a.memory:
         from dataclasses import replace
 
-        from .memory_bench import MemorySpec, format_memory, jobs_spec, run_memory_bench
+        from .apps.activation_bench import (
+            MemorySpec,
+            format_memory,
+            jobs_spec,
+            run_memory_bench,
+        )
 
         mspec = jobs_spec(a.arch) if a.arch.endswith("-256") else MemorySpec(arch=a.arch)
         print(format_memory(run_memory_bench(replace(mspec, k=a.k), a.out)))
@@ -174,8 +180,8 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def cmd_redundancy(a: argparse.Namespace) -> int:
-    from .analysis import redundancy
-    from .pipeline import init_ray, load_run_config
+    from .apps.diagnostics import redundancy
+    from .engine.run import init_ray, load_run_config
 
     load_run_config(a.run)
     init_ray()
@@ -186,8 +192,8 @@ def cmd_redundancy(a: argparse.Namespace) -> int:
 
 
 def cmd_cartography(a: argparse.Namespace) -> int:
-    from .analysis import cartography_report
-    from .pipeline import init_ray, load_run_config
+    from .apps.diagnostics import cartography_report
+    from .engine.run import init_ray, load_run_config
 
     load_run_config(a.run)
     init_ray()
@@ -199,13 +205,20 @@ def cmd_cartography(a: argparse.Namespace) -> int:
 
 
 def cmd_plan(a: argparse.Namespace) -> int:
-    from .cost_plan import ASSUMED_H100_DIT_XL, compare_with_run, figures_from_bench, figures_from_run, format_plan, make_plan
+    from .apps.cost import (
+        ASSUMED_H100_DIT_XL,
+        compare_with_run,
+        figures_from_bench,
+        figures_from_run,
+        format_plan,
+        make_plan,
+    )
 
     if a.bench and a.from_run:
         raise UserError("--from-run", "give either --bench or --from-run", "drop one of them")
     name, overrides = split_config(a)
     if a.compare and name is None and not overrides:
-        from .pipeline import load_run_config
+        from .engine.run import load_run_config
 
         cfg, name = load_run_config(a.compare), f"the config of {a.compare}"  # plan the run being compared with
     else:
@@ -228,8 +241,9 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_tune(a: argparse.Namespace) -> int:
-    from .pipeline import init_ray, resolve_run
-    from .sweep import load_sweep, run_sweep
+    from .engine.run import init_ray, resolve_run
+    from .tune.spec import load_sweep
+    from .tune.trainable import run_sweep
 
     sweep = load_sweep(a.sweep, a.overrides)
     resolve_run(sweep.base)  # data, generator and reference checked before Ray starts

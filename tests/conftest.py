@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -47,24 +46,3 @@ def reference_file(tmp_path_factory) -> str:
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
-
-
-def tiny_classifier(seed: int, num_classes: int = 10, channels: int = 1) -> torch.nn.Module:
-    from lgd_ray.core.students import build_student
-
-    torch.manual_seed(seed)
-    return build_student("convnet2-w8", num_classes, 8, channels).eval().requires_grad_(False)
-
-
-def quadrant_set(n_per_class: int, seed: int, size: int = 8):
-    """4 classes, each a bright quadrant on noise: linearly separable, learnable in seconds."""
-    from lgd_ray.core.data import ImageSet
-
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(4).repeat_interleave(n_per_class)
-    images = torch.rand(len(labels), 1, size, size, generator=g) * 0.4
-    h = size // 2
-    for i, y in enumerate(labels.tolist()):
-        r, c = divmod(y, 2)
-        images[i, 0, r * h:(r + 1) * h, c * h:(c + 1) * h] += 0.6
-    return ImageSet((images * 255).round().to(torch.uint8), labels, ["a", "b", "c", "d"])

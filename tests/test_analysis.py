@@ -11,7 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lgd_ray.core.analysis import Regions, cartography, cross_increment_matrix, summarize_matrix
+from lgd_ray.core.analysis import (
+    Regions,
+    cartography,
+    cross_increment_matrix,
+    summarize_matrix,
+)
 from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.data import ImageSet
 from lgd_ray.core.students import build_student
@@ -120,9 +125,9 @@ def test_regions_partition_the_map():
 
 
 def test_plots_are_pngs(tmp_path):
-    from lgd_ray import plots
-    from lgd_ray.analysis import progression_plot
-    from lgd_ray.store import OutputDir
+    from lgd_ray.engine import figures as plots
+    from lgd_ray.apps.diagnostics import progression_plot
+    from lgd_ray.engine.store import OutputDir
 
     assert is_png(plots.heatmap(np.array([[1.0, 0.5], [0.25, np.nan]]), ["a", "b"], ["a", "b"], title="t"))
     assert is_png(plots.scatter([0.1, 0.2, 0.3], [0.9, 0.5, 0.1], [0, 1, 1], hlines=(0.5,), vlines=(0.2,)))
@@ -142,10 +147,10 @@ def fake_run(tiny_generator_dir, tmp_path_factory) -> str:
     holds stage 1's images again), plus a stage 3 without a manifest (incomplete)."""
     from lgd_ray.core.config import Config
     from lgd_ray.core.data import load_digits_split
-    from lgd_ray.core.plan import WorkItem, stage_items
     from lgd_ray.core.sampler import Sample
-    from lgd_ray.pipeline import prepare_output
-    from lgd_ray.store import OutputDir, StageParams
+    from lgd_ray.core.work import WorkItem, stage_items
+    from lgd_ray.engine.distill import prepare_output
+    from lgd_ray.engine.store import OutputDir, StageParams
 
     cfg = Config()
     cfg.generator.path = tiny_generator_dir
@@ -170,9 +175,9 @@ def fake_run(tiny_generator_dir, tmp_path_factory) -> str:
 
 
 def test_redundancy_report(ray_session, fake_run):
-    from lgd_ray.analysis import redundancy
-    from lgd_ray.pipeline import load_run_config
-    from lgd_ray.store import OutputDir
+    from lgd_ray.apps.diagnostics import redundancy
+    from lgd_ray.engine.run import load_run_config
+    from lgd_ray.engine.store import OutputDir
 
     r = redundancy(fake_run, progress=False)
     out = OutputDir(fake_run)
@@ -194,8 +199,8 @@ def test_redundancy_report(ray_session, fake_run):
 
 
 def test_cartography_report(ray_session, fake_run):
-    from lgd_ray.analysis import cartography_report
-    from lgd_ray.store import OutputDir
+    from lgd_ray.apps.diagnostics import cartography_report
+    from lgd_ray.engine.store import OutputDir
 
     r = cartography_report(fake_run, epochs=3, progress=False)
     out = OutputDir(fake_run)

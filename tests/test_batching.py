@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lgd_ray.core.batching import CPU_BATCH_SIZE, _probe_batch, auto_batch_size, max_batch, probe_step_bytes
+from lgd_ray.core.batching import (
+    CPU_BATCH_SIZE,
+    _probe_batch,
+    auto_batch_size,
+    max_batch,
+    probe_step_bytes,
+)
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.generator import create_generator
 from lgd_ray.core.sampler import SampleSettings
 from lgd_ray.core.students import build_student
-from lgd_ray.pipeline import stage_settings
+from lgd_ray.engine.distill import stage_settings
 
 GIB = 2**30
 
@@ -70,8 +76,8 @@ def test_probe_extrapolates_the_measured_peak():
 
 
 def test_worker_resolves_auto_to_at_most_a_chunk(tiny_generator_dir, tmp_path):
-    from lgd_ray.store import StageParams
-    from lgd_ray.worker import ChunkWorker
+    from lgd_ray.engine.sampler_actors import ChunkWorker
+    from lgd_ray.engine.store import StageParams
 
     cfg = load_config(None, [f"generator.path={tiny_generator_dir}", "generator.batch_size=auto", "distill.k=3",
                              "distill.chunk_size=4"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lgd_ray.bench import BenchSpec, format_report, step_costs
+from lgd_ray.apps.bench import BenchSpec, format_report, step_costs
 
 
 def test_step_costs_report_what_the_plan_reads():
@@ -21,7 +21,7 @@ def test_step_costs_report_what_the_plan_reads():
 
 
 def test_memory_bench_reports_every_variant(tmp_path):
-    from lgd_ray.memory_bench import MemorySpec, run_memory_bench
+    from lgd_ray.apps.activation_bench import MemorySpec, run_memory_bench
 
     r = run_memory_bench(MemorySpec(repeats=1), str(tmp_path))
     assert set(r["runs"]) == {"fp32", "fp32_vae_ckpt", "bf16", "bf16_vae_ckpt"}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lgd_ray.cli import main
+
+from helpers import assert_refused
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,19 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ])
 def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypatch):
     assert_refused("distill", args, field, tmp_path, capsys, monkeypatch)
-
-
-def assert_refused(command: str, args: list[str], field: str, tmp_path, capsys, monkeypatch) -> None:
-    """`lgd-ray COMMAND jobs/demo.yaml ARGS --out DIR` exits 2 with one line naming `field` and the fix
-    (in brackets), before anything is written."""
-    monkeypatch.setenv("RAY_ADDRESS", "")
-    out = tmp_path / "out"
-    code = main([command, str(ROOT / "jobs" / "demo.yaml"), *args, "--out", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0 and err.startswith(f"lgd-ray: error: {field}: ")
-    assert "(" in err  # the fix, in brackets
-    assert not out.exists()
 
 
 def test_overrides_after_the_options(tmp_path, capsys, monkeypatch):
@@ -80,10 +66,3 @@ def test_every_command_has_help():
     assert {"demo", "distill", "evaluate", "train-generator", "train-reference", "verify", "bench"} <= set(commands)
     for name, sub in commands.items():
         assert sub.format_help().startswith("usage: lgd-ray " + name)
-
-
-def test_core_never_imports_ray():
-    code = ("import sys, importlib, pkgutil, lgd_ray.core as c\n"
-            "for m in pkgutil.iter_modules(c.__path__): importlib.import_module('lgd_ray.core.' + m.name)\n"
-            "assert 'ray' not in sys.modules, 'ray imported by the core'\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ})

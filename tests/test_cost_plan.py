@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lgd_ray.bench import BenchSpec, step_costs
+from lgd_ray.apps.bench import BenchSpec, step_costs
+from lgd_ray.apps.cost import ASSUMED_H100_DIT_XL, figures_from_bench, make_plan
 from lgd_ray.cli import main
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
-from lgd_ray.cost_plan import ASSUMED_H100_DIT_XL, figures_from_bench, make_plan
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 IN1K = str(JOBS / "imagenet1k_ipc50.yaml")
@@ -172,8 +172,8 @@ def test_cli_bad_input_exits_2(capsys, tmp_path):
 
 def _synthetic_run(tmp_path, cfg, figures) -> str:
     """A distill output whose metrics.jsonl holds the timings the plan's own model predicts for `figures`."""
-    from lgd_ray.pipeline import prepare_output
-    from lgd_ray.store import OutputDir
+    from lgd_ray.engine.distill import prepare_output
+    from lgd_ray.engine.store import OutputDir
 
     out = OutputDir(str(tmp_path / "run"))
     prepare_output(out, cfg, False)
@@ -196,7 +196,7 @@ def _synthetic_run(tmp_path, cfg, figures) -> str:
 def test_figures_fitted_to_a_run_invert_the_model(tmp_path):
     """Timings made by the plan's model from known figures are fitted back to those figures, and the plan
     then predicts the run with zero error: the calibration inverts exactly what the plan multiplies out."""
-    from lgd_ray.cost_plan import compare_with_run, figures_from_run
+    from lgd_ray.apps.cost import compare_with_run, figures_from_run
 
     cfg = load_config(None, ["distill.stages=3", "distill.ipc_per_stage=4", "distill.chunk_size=7", "ray.samplers=2",
                              "ray.train_workers=2", "distill.k=3", "distill.window=[2,13]"])

@@ -8,11 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import quadrant_set
 from lgd_ray.cli import main
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.students import build_student
-from lgd_ray.core.train import TrainSettings, shard_sampler, train_classifier, worker_batch_size
+from lgd_ray.core.train import (
+    TrainSettings,
+    shard_sampler,
+    train_classifier,
+    worker_batch_size,
+)
+
+from helpers import quadrant_set
 
 ROOT = Path(__file__).resolve().parent.parent
 

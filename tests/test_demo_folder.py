@@ -24,7 +24,7 @@ def make_folder(root, classes=("n01440764", "n02102040"), per_split=(12, 6), siz
 
 @pytest.mark.slow
 def test_demo_on_an_image_folder(tmp_path, ray_session):
-    from lgd_ray.demo import run_demo
+    from lgd_ray.apps.demo import run_demo
 
     make_folder(tmp_path / "data")
     cfg = load_config(None, [

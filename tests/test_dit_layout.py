@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from lgd_ray.core.data import IMAGENETTE, generator_class_index
-from lgd_ray.core.generator import META_FILE, create_generator, load_generator, read_generator_info
+from lgd_ray.core.generator import (
+    META_FILE,
+    create_generator,
+    load_generator,
+    read_generator_info,
+)
 
 IMAGENETTE_INDEX = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]  # positions among the sorted 1000 wnids
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from conftest import quadrant_set
 from lgd_ray.core import evaluate
 from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.evaluate import epochs_for_ipc, evaluate_seed, evaluate_set, summarize
 
+from helpers import quadrant_set
 
 TINY = dict(arch="convnet2-w8", epochs=6, batch_size=8, lr=0.05, schedule="constant", augment="shift", eval_every=2)
 SHAPE = dict(num_classes=4, image_size=8, in_channels=1)

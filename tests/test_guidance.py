@@ -7,12 +7,27 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_classifier
 from lgd_ray.core.generator import create_generator, load_generator
-from lgd_ray.core.guidance import (ClassMemory, deviation_grad, guided_eps, in_window, learnability_score,
-                                   max_cosine, rho, select_best)
-from lgd_ray.core.plan import stage_items
-from lgd_ray.core.sampler import SampleSettings, denoise, sample_items, score_images, quantize
+from lgd_ray.core.guidance import (
+    ClassMemory,
+    deviation_grad,
+    guided_eps,
+    in_window,
+    learnability_score,
+    max_cosine,
+    rho,
+    select_best,
+)
+from lgd_ray.core.sampler import (
+    SampleSettings,
+    denoise,
+    quantize,
+    sample_items,
+    score_images,
+)
+from lgd_ray.core.work import stage_items
+
+from helpers import tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +95,7 @@ def test_selection_keeps_the_argmax(models):
     for sample in chosen[:4]:
         scores = []
         for c in range(k):
-            from lgd_ray.core.plan import item_seed
+            from lgd_ray.core.work import item_seed
 
             seed = item_seed(0, 2, sample.item.label, sample.item.slot, c)
             z = denoise(gen, [seed], torch.tensor([sample.item.label]), torch.tensor([sample.item.label]), one)
@@ -96,7 +111,7 @@ def test_deviation_lowers_max_cosine_to_memory(digits_generator):
     gen = _gen("ddim", 8, base=digits_generator)
     items = stage_items(1, 10, 2)
     labels = torch.tensor([it.label for it in items])
-    from lgd_ray.core.plan import item_seed
+    from lgd_ray.core.work import item_seed
 
     seeds = [item_seed(0, 1, it.label, it.slot, 0) for it in items]
     base = SampleSettings(num_steps=8, k=1, window=(0, 7))

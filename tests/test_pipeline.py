@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
-from lgd_ray.store import OutputDir
+from lgd_ray.engine.store import OutputDir
 
-
-def tiny_overrides(generator_dir: str, reference: str) -> list[str]:
-    return [f"generator.path={generator_dir}", "generator.num_steps=4", "generator.batch_size=4",
-            "student.arch=convnet2-w8", "student.epochs=2", "reference.arch=convnet2-w8", f"reference.path={reference}",
-            "distill.stages=1", "distill.ipc_seed=1", "distill.ipc_per_stage=1", "distill.k=2", "distill.lam=0.2",
-            "distill.gamma=0.1", "distill.window=[0,3]", "distill.chunk_size=2", "ray.samplers=1"]
+from helpers import tiny_overrides
 
 
 def rows(out: str) -> dict[tuple[int, int, int], bytes]:
@@ -44,7 +38,7 @@ def expected_keys() -> set[tuple[int, int, int]]:
 
 @pytest.fixture(scope="module")
 def baseline(ray_session, tiny_generator_dir, reference_file, tmp_path_factory) -> str:
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out = str(tmp_path_factory.mktemp("runs") / "one-sampler")
     cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file))
@@ -67,7 +61,7 @@ def test_output_layout(baseline):
 
 
 def test_two_samplers_write_identical_bytes(baseline, tiny_generator_dir, reference_file, tmp_path):
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file) + ["ray.samplers=2"])
     distill(cfg, str(tmp_path / "two"), progress=False)
@@ -77,7 +71,7 @@ def test_two_samplers_write_identical_bytes(baseline, tiny_generator_dir, refere
 
 
 def test_rerun_resumes_and_other_config_is_refused(baseline, tiny_generator_dir, reference_file, tmp_path):
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out = str(tmp_path / "copy")
     shutil.copytree(baseline, out)
@@ -93,7 +87,7 @@ def test_rerun_resumes_and_other_config_is_refused(baseline, tiny_generator_dir,
 
 
 def test_corrupt_part_is_reported_and_regenerated(baseline, tiny_generator_dir, reference_file, tmp_path):
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out = str(tmp_path / "corrupt")
     shutil.copytree(baseline, out)
@@ -107,7 +101,7 @@ def test_corrupt_part_is_reported_and_regenerated(baseline, tiny_generator_dir, 
 
 
 def test_killed_run_reruns_to_the_same_bytes(baseline, tiny_generator_dir, reference_file, tmp_path, ray_session):
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out = tmp_path / "killed"
     overrides = tiny_overrides(tiny_generator_dir, reference_file)
@@ -153,7 +147,7 @@ def test_verify_and_evaluate_commands(baseline, tmp_path, capsys):
 
 
 def test_seed_increment_from_a_parquet_source(baseline, tiny_generator_dir, reference_file, tmp_path):
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out = str(tmp_path / "seeded")
     source = str(Path(baseline) / "stage=000")  # a user's Parquet set: here, another run's seed increment

@@ -11,8 +11,14 @@ from lgd_ray.core.data import load_digits_split, random_subset_per_class
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.evaluate import evaluate_seed, soft_label_settings
 from lgd_ray.core.students import build_student
-from lgd_ray.core.train import (SOFT_LABEL_TEMPERATURE, TrainSettings, predict_logits, soft_label_loss,
-                                train_classifier, train_soft_label)
+from lgd_ray.core.train import (
+    SOFT_LABEL_TEMPERATURE,
+    TrainSettings,
+    predict_logits,
+    soft_label_loss,
+    train_classifier,
+    train_soft_label,
+)
 
 
 def _logits(seed: int, n: int = 6, c: int = 10, scale: float = 3.0) -> torch.Tensor:

@@ -16,8 +16,14 @@ from lgd_ray.cli import main
 from lgd_ray.core.config import Config, load_config
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.students import build_student
-from lgd_ray.core.teacher import checkpoint_files, parse_teacher, teacher_from_checkpoint, teacher_from_timm
-from test_cli import assert_refused
+from lgd_ray.core.teacher import (
+    checkpoint_files,
+    parse_teacher,
+    teacher_from_checkpoint,
+    teacher_from_timm,
+)
+
+from helpers import assert_refused
 
 RUN_CLASSES = [1, 4, 7, 9]  # a subset of the digits: the 10-way teacher is restricted to these
 # Output j of the "liar" teacher is claimed to be class LIAR[j]: 1 -> 4 -> 7 -> 9 -> 1 within the run's classes.
@@ -147,8 +153,8 @@ def teachers(tmp_path_factory) -> dict[str, str]:
     it; and the same weights under a lying metrics.json whose class order is permuted (LIAR)."""
     from lgd_ray.core.data import load_digits_split
     from lgd_ray.core.train import TrainSettings, train_classifier
-    from lgd_ray.store import OutputDir
-    from lgd_ray.training import write_classifier
+    from lgd_ray.engine.store import OutputDir
+    from lgd_ray.engine.train_job import write_classifier
 
     net = build_student("convnet2-w8", 10, 8, 1, seed=0)
     train_classifier(net, load_digits_split("train"), TrainSettings(epochs=12, lr=0.05, augment="none", seed=0))
@@ -164,10 +170,10 @@ def teachers(tmp_path_factory) -> dict[str, str]:
 def subset_run(tmp_path_factory) -> str:
     """An output folder as `distill` leaves it: 10 real digits of each of the run's 4 classes as stage 0."""
     from lgd_ray.core.data import load_digits_split
-    from lgd_ray.core.plan import WorkItem, stage_items
     from lgd_ray.core.sampler import Sample
-    from lgd_ray.pipeline import prepare_output
-    from lgd_ray.store import OutputDir, StageParams
+    from lgd_ray.core.work import WorkItem, stage_items
+    from lgd_ray.engine.distill import prepare_output
+    from lgd_ray.engine.store import OutputDir, StageParams
 
     cfg = load_config(None, [f"data.classes={RUN_CLASSES}"])
     out = OutputDir(str(tmp_path_factory.mktemp("runs") / "subset"))
@@ -205,7 +211,7 @@ def test_liar_teacher_student_predicts_the_permuted_class(teachers):
     """The same run in-process: the liar's student is right about the permuted labels."""
     from lgd_ray.core.data import ImageSet, load_digits_split
     from lgd_ray.core.evaluate import evaluate_seed
-    from lgd_ray.evaluation import load_teacher
+    from lgd_ray.engine.eval_tasks import load_teacher
 
     def subset(split: str, relabel: dict[int, int], per_class: int | None = None) -> ImageSet:
         d = load_digits_split(split)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lgd_ray.core.plan import WorkItem
 from lgd_ray.core.sampler import Sample
-from lgd_ray.store import SCHEMA, OutputDir, StageParams
+from lgd_ray.core.work import WorkItem
+from lgd_ray.engine.store import SCHEMA, OutputDir, StageParams
 
 
 def _samples(stage: int, n: int) -> list[Sample]:

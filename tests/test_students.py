@@ -7,7 +7,12 @@ import torch
 import torch.nn as nn
 
 from lgd_ray.core.errors import UserError
-from lgd_ray.core.students import IMAGENET_MEAN, IMAGENET_STD, build_student, list_students
+from lgd_ray.core.students import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_student,
+    list_students,
+)
 
 CASES = [(a, s, c) for a in ("convnet3", "convnet4-w16", "convnet6-w8") for s in (8, 16, 32) for c in (1, 3)]
 # the ResNets are slow to build: each at both sizes and both channel counts, not every pair

@@ -12,9 +12,16 @@ import pytest
 
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
-from lgd_ray.sweep import (HEAD, load_sweep, max_concurrent, parse_sweep, placement_group_factory, run_sweep,
-                           trial_resources)
-from test_pipeline import tiny_overrides
+from lgd_ray.tune.spec import load_sweep, parse_sweep
+from lgd_ray.tune.trainable import (
+    HEAD,
+    max_concurrent,
+    placement_group_factory,
+    run_sweep,
+    trial_resources,
+)
+
+from helpers import tiny_overrides
 
 SPACE = {"distill.lam": {"loguniform": [0.05, 0.5]}, "distill.omega": {"uniform": [0.0, 1.0]},
          "distill.k": {"choice": [1, 2]}}
@@ -100,7 +107,8 @@ def test_optuna_search_proposes_within_the_space():
     proposals (window pairs included, which Optuna only takes as encoded categories) decode to valid configs."""
     from ray import tune  # noqa: F401  (Tune's search space types)
 
-    from lgd_ray.sweep import decode_params, search_algorithm
+    from lgd_ray.tune.spec import decode_params
+    from lgd_ray.tune.trainable import search_algorithm
 
     sweep = parse_sweep({"space": {**SPACE, "distill.window": {"choice": [[0, 10], [5, 20]]}}, "search": "optuna",
                          "num_samples": 4, "seed": 3})
@@ -172,7 +180,7 @@ def test_best_yaml(swept, tiny_sweep):
 
 def test_best_yaml_reproduces_the_trial(swept, tmp_path):
     """`lgd-ray distill best.yaml` from scratch ends with the accuracy the sweep reported for that trial."""
-    from lgd_ray.pipeline import distill
+    from lgd_ray.engine.distill import distill
 
     out, summary, _ = swept
     rerun = tmp_path / "rerun"

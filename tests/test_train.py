@@ -7,10 +7,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from conftest import quadrant_set
 from lgd_ray.core.students import build_student
-from lgd_ray.core.train import (TrainSettings, augment_batch, cutmix_batch, evaluate_accuracy, lr_at,
-                                predict_logits, train_classifier)
+from lgd_ray.core.train import (
+    TrainSettings,
+    augment_batch,
+    cutmix_batch,
+    evaluate_accuracy,
+    lr_at,
+    predict_logits,
+    train_classifier,
+)
+
+from helpers import quadrant_set
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -7,9 +7,15 @@ import weakref
 import pytest
 import torch
 
+from lgd_ray.core.activation_bytes import (
+    GUIDANCE,
+    SavedBytes,
+    cuda_autocast_policy,
+    saved_bytes,
+    step_memory,
+)
 from lgd_ray.core.config import Config
 from lgd_ray.core.generator import create_generator
-from lgd_ray.core.memory import GUIDANCE, SavedBytes, cuda_autocast_policy, saved_bytes, step_memory
 from lgd_ray.core.sampler import SampleSettings, denoise, guided_step
 from lgd_ray.core.students import build_student
 

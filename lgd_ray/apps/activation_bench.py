@@ -1,6 +1,6 @@
 """`lgd-ray bench --memory`: activation bytes of one guided step, and what VAE checkpointing buys.
 
-Counted on any device (core/memory.py: bytes saved for the backward do not depend on the device), so a
+Counted on any device (core/activation_bytes.py: bytes saved for the backward do not depend on the device), so a
 CPU run sizes GPU batches; the max batch on an 80 GB H100 is derived from those counts, not measured.
 The recompute overhead of checkpointing is timed (a ratio, so CPU timing is indicative only).
 """
@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from .core.batching import max_batch
-from .core.generator import create_generator
-from .core.memory import StepMemory, step_memory
-from .core.sampler import SampleSettings, guided_step
-from .core.students import build_student
-from .store import OutputDir
+from ..core.activation_bytes import StepMemory, step_memory
+from ..core.batching import max_batch
+from ..core.generator import create_generator
+from ..core.sampler import SampleSettings, guided_step
+from ..core.students import build_student
+from ..engine.store import OutputDir
 
 GIB = 2**30
 H100_FREE_BYTES = 79 * GIB  # an 80 GB H100 as torch.cuda.mem_get_info reports it free after the CUDA context

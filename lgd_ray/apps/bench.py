@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .core.config import Config
-from .core.generator import create_generator
-from .core.plan import chunk, stage_items
-from .core.sampler import SampleSettings, denoise, sample_items
-from .core.students import build_student
-from .store import OutputDir
+from ..core.config import Config
+from ..core.generator import create_generator
+from ..core.sampler import SampleSettings, denoise, sample_items
+from ..core.students import build_student
+from ..core.work import chunk, stage_items
+from ..engine.store import OutputDir
 
 
 @dataclass
@@ -120,9 +120,12 @@ def per_image_costs(gen, student, reference, spec: BenchSpec, device: torch.devi
 
 def throughput(spec: BenchSpec, device: torch.device, actors: list[int]) -> dict:
     """Images/s of guided κ-candidate sampling: in-process, then with each actor count."""
-    from .pipeline import RunInfo, stage_params, stage_settings  # the settings a real run would use
-    from .sampling import SamplerPool
-    from .worker import ChunkWorker
+    from ..engine.distill import (  # the settings a real run would use
+        stage_params,
+        stage_settings,
+    )
+    from ..engine.run import RunInfo
+    from ..engine.sampler_actors import ChunkWorker, SamplerPool
 
     tmp = tempfile.mkdtemp(prefix="lgd-bench-")
     gen_dir = f"{tmp}/generator"

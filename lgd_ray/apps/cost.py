@@ -18,11 +18,11 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .core.config import Config
-from .core.data import resolve_classes
-from .core.errors import UserError
-from .core.evaluate import epochs_for_ipc
-from .core.plan import chunk, stage_ipc, stage_items
+from ..core.config import Config
+from ..core.data import resolve_classes
+from ..core.errors import UserError
+from ..core.evaluate import epochs_for_ipc
+from ..core.work import chunk, stage_ipc, stage_items
 
 REFERENCE_RESOLUTION = 224  # training throughputs below are per GPU at this side length
 IMAGENET_TRAIN_PER_CLASS = 1281  # ImageNet-1K: 1,281,167 training images / 1000 classes
@@ -55,7 +55,7 @@ class Figures:
 ASSUMED_H100_DIT_XL = Figures(
     image_step_s=0.8e-3, guided_ratio=7.5, with_cfg=True,
     train_images_per_s={"convnet": 4000.0, "resnet18": 3000.0, "resnetap10": 3000.0},
-    stage_overhead_s=90.0, train_overhead_s=30.0, source="assumed: DiT-XL/2 on one H100, bf16 (see lgd_ray/cost_plan.py)",
+    stage_overhead_s=90.0, train_overhead_s=30.0, source="assumed: DiT-XL/2 on one H100, bf16 (see lgd_ray/apps/cost.py)",
 )
 
 
@@ -178,7 +178,7 @@ def num_classes_of(cfg: Config) -> int:
 def real_train_images(cfg: Config, num_classes: int) -> int:
     """Size of the real training split θ* learns from: exact for the digits, else ImageNet's average."""
     if cfg.data.name == "digits":
-        from .core.data import load_source
+        from ..core.data import load_source
 
         return len(load_source("digits", None, cfg.data.train_split, cfg.data.classes, None))
     return IMAGENET_TRAIN_PER_CLASS * num_classes
@@ -276,8 +276,8 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
 
 
 def _run_records(run: str) -> tuple[Config, list[dict]]:
-    from .pipeline import load_run_config
-    from .store import OutputDir
+    from ..engine.run import load_run_config
+    from ..engine.store import OutputDir
 
     out = OutputDir(run)
     if not out.exists("config.json"):

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .analysis import cartography_report, progression_plot, redundancy
-from .core.config import Config
-from .core.data import load_split, materialize, random_subset_per_class
-from .evaluation import evaluate_sets, load_teacher, reference_fidelity
-from .pipeline import distill, load_weights, log, resolve_classes_only, resolve_run
+from ..core.config import Config
+from ..core.data import load_split, materialize, random_subset_per_class
+from ..engine.distill import distill
+from ..engine.eval_tasks import evaluate_sets, load_teacher, reference_fidelity
+from ..engine.run import log, resolve_classes_only, resolve_run
+from ..engine.sampler_actors import load_state
+from ..engine.store import OutputDir, load_weights, stage_name
+from .diagnostics import cartography_report, progression_plot, redundancy
 from .report import results_table
-from .store import OutputDir, stage_name
-from .worker import load_state
 
 UNGUIDED, LGD_K1, RANDOM, FULL = "unguided generator", "LGD κ=1 (no rank selection)", "random real", "full real data"
 
@@ -43,7 +44,7 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> C
     """A user's image folder with the built-in digits generator: train one on the folder first."""
     if cfg.data.name == "digits" or cfg.generator.path != "builtin:digits":
         return cfg
-    from .core.train_generator import GeneratorTrainSettings, train_generator
+    from ..core.train_generator import GeneratorTrainSettings, train_generator
 
     path = join(out_uri, "generator")
     if not (Path(path) / "lgd_ray.json").is_file():
@@ -142,7 +143,7 @@ def _first_per_class(order: list[int], labels, n: int) -> list[int]:
 
 
 def _reference(cfg: Config, lgd_uri: str, run):
-    from .core.students import build_student
+    from ..core.students import build_student
 
     state = load_weights(OutputDir(lgd_uri), "reference/model.safetensors")
     if state is None:

@@ -1,7 +1,8 @@
-"""Analysis of a finished (or partial) run on Ray: redundancy between increments, data cartography,
-and accuracy-versus-stage plots. Reports go into the output folder as JSON + PNG.
+"""Diagnostics of a finished (or partial) run: redundancy between increments, data cartography, and
+accuracy-versus-stage plots. Reports go into the output folder as JSON + PNG.
 
-Each training run is one Ray task (num_cpus=1, one torch thread, the GPU when the node has one), so
+Each training run is one Ray task (engine/eval_tasks.py: num_cpus=1, one torch thread, the GPU when
+the node has one), so
 the K × seeds redundancy runs spread over whatever cluster the driver is attached to. Both train on
 the set's own labels whatever `eval.protocol` says: they measure what the images' labels teach.
 """
@@ -9,48 +10,21 @@ the set's own labels whatever `eval.protocol` says: they measure what the images
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
-import sys
 
 import numpy as np
 import ray
-import torch
 
-from . import plots
-from .core.analysis import assemble, cartography, summarize_matrix, train_on_increment_and_test
-from .core.config import Config, EvalConfig
-from .core.data import ImageSet
-from .core.errors import UserError
-from .core.evaluate import epochs_for_ipc
-from .core.students import build_student
-from .core.train import TrainSettings
-from .pipeline import load_run_config, resolve_run
-from .store import OutputDir, stage_name
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@ray.remote(num_cpus=1)
-def _increment_task(increments: list[ImageSet], train_index: int, settings: EvalConfig, seed: int,
-                    num_classes: int) -> dict:
-    torch.set_num_threads(1)
-    first = increments[0]
-    return train_on_increment_and_test(increments[train_index], increments, settings, seed, num_classes=num_classes,
-                                       image_size=first.image_size, in_channels=first.in_channels, device=_device())
-
-
-@ray.remote(num_cpus=1)
-def _cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, seed: int, epochs: int) -> dict:
-    torch.set_num_threads(1)
-    factory = functools.partial(build_student, settings.arch, data.num_classes, data.image_size, data.in_channels,
-                                seed=seed, field="eval.arch")
-    train_settings = TrainSettings.from_section(settings, seed, epochs)
-    train_settings.validate("eval")
-    return cartography(factory, data, train_settings, device=_device(), stage=stage)
+from ..core.analysis import assemble, summarize_matrix
+from ..core.config import Config, EvalConfig
+from ..core.data import ImageSet
+from ..core.errors import UserError
+from ..core.evaluate import epochs_for_ipc
+from ..engine import figures
+from ..engine.eval_tasks import cartography_task, increment_task, wait_all
+from ..engine.run import load_run_config, resolve_run
+from ..engine.store import OutputDir, stage_name
 
 
 @dataclasses.dataclass
@@ -86,24 +60,6 @@ def _settings(run: _Run, seeds: list[int] | None, epochs: int | None) -> tuple[E
     return settings, list(seeds) if seeds is not None else list(settings.seeds)
 
 
-def _wait(refs: dict, progress: bool, desc: str) -> dict:
-    """ray.get every ref, as they finish; returns {key: result}."""
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(refs), desc=desc, unit="run", file=sys.stderr)
-    done, pending = {}, list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        done[refs[ready[0]]] = ray.get(ready[0])
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
-    return done
-
-
 def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | None = None, progress: bool = True,
                gpus_per_task: float = 0.0) -> dict:
     """Cross-increment transfer of a run: for every complete stage I_i and seed, train the eval
@@ -113,11 +69,11 @@ def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | No
     run = _load_run(out_uri, min_stages=2)
     settings, seeds = _settings(run, seeds, epochs)
     num_classes = len(run.class_ids)
-    task = _increment_task.options(num_gpus=gpus_per_task) if gpus_per_task else _increment_task
+    task = increment_task.options(num_gpus=gpus_per_task) if gpus_per_task else increment_task
     incs_ref = ray.put(run.increments)
     refs = {task.remote(incs_ref, i, settings, seed, num_classes): (i, seed)
             for seed in seeds for i in range(len(run.increments))}
-    results = _wait(refs, progress, "redundancy")
+    results = wait_all(refs, progress, "redundancy")
     acc, loss = assemble(results, len(run.increments), seeds)
     mean_acc, mean_loss = acc.mean(0), loss.mean(0)
     ipc = run.ipc
@@ -142,7 +98,7 @@ def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | No
     run.out.write_text("redundancy.json", json.dumps(report, indent=1))
     labels = [f"{stage_name(s)} ({n} ipc)" for s, n in zip(run.stages, ipc)]
     title = f"cross-increment accuracy, {settings.arch}; off-diagonal mean {report['cross_acc_mean']:.1%}"
-    run.out.write_bytes("redundancy.png", plots.heatmap(mean_acc, labels, labels, title=title,
+    run.out.write_bytes("redundancy.png", figures.heatmap(mean_acc, labels, labels, title=title,
                                                          xlabel="tested on", ylabel="trained on"))
     return report
 
@@ -159,8 +115,8 @@ def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | N
     data = ImageSet.concat(run.increments)
     stage = np.concatenate([np.full(len(inc), s, dtype=np.int64) for s, inc in zip(run.stages, run.increments)])
     n_epochs = settings.epochs or epochs_for_ipc(math.ceil(len(data) / len(run.class_ids)))
-    task = _cartography_task.options(num_gpus=gpus_per_task) if gpus_per_task else _cartography_task
-    result = _wait({task.remote(data, stage, settings, seed, n_epochs): "map"}, progress, "cartography")["map"]
+    task = cartography_task.options(num_gpus=gpus_per_task) if gpus_per_task else cartography_task
+    result = wait_all({task.remote(data, stage, settings, seed, n_epochs): "map"}, progress, "cartography")["map"]
     report = {
         "stages": run.stages,
         "ipc": run.ipc,
@@ -177,7 +133,7 @@ def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | N
     }
     run.out.write_text("cartography.json", json.dumps(report, indent=1))
     r = result["regions"]
-    run.out.write_bytes("cartography.png", plots.scatter(
+    run.out.write_bytes("cartography.png", figures.scatter(
         result["variability"], result["confidence"], result["stage"], group_name="stage ",
         title=f"data map ({settings.arch}, {n_epochs} epochs)", xlabel="variability (std of p(y|x))",
         ylabel="confidence (mean p(y|x))", hlines=(r["easy_confidence"], r["hard_confidence"]),
@@ -190,7 +146,7 @@ def progression_plot(curves: dict[str, list[tuple[int, float]]], dest: OutputDir
                      title: str = "") -> bytes:
     """Accuracy against stage (or IPC) for several methods, e.g. {"LGD": [(0, .71), (1, .78)], ...}.
     `dest`: an OutputDir (written at `rel`), a PNG file path or URI, or None (bytes only)."""
-    png = plots.lines(curves, title=title, xlabel=xlabel, ylabel=ylabel)
+    png = figures.lines(curves, title=title, xlabel=xlabel, ylabel=ylabel)
     if isinstance(dest, OutputDir):
         dest.write_bytes(rel, png)
     elif dest is not None:

@@ -25,7 +25,12 @@ from lgd_ray.core.config import EvalConfig
 from lgd_ray.core.data import ImageSet
 from lgd_ray.core.evaluate import epochs_for_ipc
 from lgd_ray.core.students import build_student
-from lgd_ray.core.train import TrainSettings, evaluate_accuracy, predict_logits, train_classifier
+from lgd_ray.core.train import (
+    TrainSettings,
+    evaluate_accuracy,
+    predict_logits,
+    train_classifier,
+)
 
 # --------------------------------------------------------------------------- redundancy
 

@@ -1,6 +1,6 @@
 """`generator.batch_size: auto`: the largest sampling batch that fits the GPU, from a measured probe.
 
-A guided step's memory is linear in the batch (memory.py counts it: fixed bytes, such as the bf16
+A guided step's memory is linear in the batch (activation_bytes.py counts it: fixed bytes, such as the bf16
 weight copies autocast makes per op, plus bytes per image), so two probe steps at small batches on
 the device give both terms, and the free memory gives the batch. On CPU there is nothing to probe
 against: `CPU_BATCH_SIZE` is used.
@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 
 from .generator import Generator
-from .sampler import SampleSettings, autocast_context, guided_step, score_images, quantize
+from .sampler import (
+    SampleSettings,
+    autocast_context,
+    guided_step,
+    quantize,
+    score_images,
+)
 
 CPU_BATCH_SIZE = 64  # the batch `auto` means without a GPU (the key's old default)
 SAFETY_FRACTION = 0.10  # of the free memory, for fragmentation, cuDNN/cuBLAS workspaces and the estimate's error

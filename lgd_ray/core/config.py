@@ -158,6 +158,9 @@ class Config:
 EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler", "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 PROTOCOLS = ("hard", "soft")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant")
+AUGMENTS = ("none", "shift", "imagenet")
 TIMM_PREFIX = "timm:"  # eval.teacher=timm:<name>: a timm model with pretrained ImageNet-1K weights
 
 
@@ -319,12 +322,13 @@ def validate(cfg: Config) -> None:
         raise UserError("eval.seeds", "no seeds", "give at least one, e.g. [0, 1, 2]")
     _validate_protocol(cfg.eval)
     from .students import check_arch
-    from .train import TrainSettings  # the training sections share one validator
 
     for name in ("student", "reference", "eval"):
         sec = getattr(cfg, name)
         check_arch(sec.arch, f"{name}.arch")
-        TrainSettings.from_section(sec, seed=0, epochs=sec.epochs or 1).validate(name)
+        check_training(name, epochs=sec.epochs or 1, batch_size=sec.batch_size, lr=sec.lr, optimizer=sec.optimizer,
+                       weight_decay=sec.weight_decay, schedule=sec.schedule, augment=sec.augment,
+                       cutmix=getattr(sec, "cutmix", 0.0))
     for name in ("student", "reference"):  # the DDP sections: the batch is split over the workers
         bs, workers = getattr(cfg, name).batch_size, cfg.ray.train_workers
         if bs < workers:
@@ -332,6 +336,22 @@ def validate(cfg: Config) -> None:
                             f"the batch is global, split over the workers: use at least {workers}")
     if cfg.ray.cpus_per_sampler < 0 or cfg.ray.gpus_per_sampler < 0:
         raise UserError("ray.gpus_per_sampler", "resources must be >= 0", "use 0 on CPU")
+
+
+def check_training(section: str, *, epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float,
+                   schedule: str, augment: str, cutmix: float) -> None:
+    """The one validator of a training run's settings (the student, reference and eval sections, and
+    core.train.TrainSettings): a UserError naming `section.key` (e.g. "eval.optimizer")."""
+    for key, value, allowed in (("optimizer", optimizer, OPTIMIZERS), ("schedule", schedule, SCHEDULES),
+                                ("augment", augment, AUGMENTS)):
+        if value not in allowed:
+            raise UserError(f"{section}.{key}", f"unknown {key} {value!r}", "choose one of: " + ", ".join(allowed))
+    for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if value < 1:
+            raise UserError(f"{section}.{key}", f"must be >= 1, got {value}", "use a positive integer")
+    if lr <= 0 or weight_decay < 0 or not 0 <= cutmix <= 1:
+        raise UserError(section, "need lr > 0, weight_decay >= 0 and 0 <= cutmix <= 1",
+                        f"got lr={lr}, weight_decay={weight_decay}, cutmix={cutmix}")
 
 
 def _validate_protocol(e: EvalConfig) -> None:

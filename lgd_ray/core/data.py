@@ -18,8 +18,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lgd_ray.core.classes import (DIGITS, IMAGENETTE, IMAGEWOOF, PRESETS, generator_class_index,  # noqa: F401
-                                  imagenet_wnids, resolve_classes)
+from lgd_ray.core.classes import (  # noqa: F401
+    DIGITS,
+    IMAGENETTE,
+    IMAGEWOOF,
+    PRESETS,
+    generator_class_index,
+    imagenet_wnids,
+    resolve_classes,
+)
 from lgd_ray.core.errors import UserError
 
 SOURCES = ("digits", "imagefolder", "parquet")

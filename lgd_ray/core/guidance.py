@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 
 
-def learnability_score(student_logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
-                       omega: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """S = CE(student) − ω·CE(reference), per sample: high where the student fails and θ* succeeds."""
-    ls = F.cross_entropy(student_logits.float(), labels, reduction="none")
-    lr = F.cross_entropy(reference_logits.float(), labels, reduction="none")
+def learnability_score(student_logits: torch.Tensor | None, reference_logits: torch.Tensor | None,
+                       labels: torch.Tensor, omega: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(S, student CE, reference CE) per sample, S = CE(student) − ω·CE(reference): high where the
+    student fails and θ* succeeds. A missing model (None) gives NaN for its loss and for S."""
+    nan = torch.full(labels.shape, float("nan"), device=labels.device)
+    ls = F.cross_entropy(student_logits.float(), labels, reduction="none") if student_logits is not None else nan
+    lr = F.cross_entropy(reference_logits.float(), labels, reduction="none") if reference_logits is not None else nan
     return ls - omega * lr, ls, lr
 
 

@@ -8,7 +8,6 @@ autograd at all; deviation guidance is closed form (guidance.deviation_grad).
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,8 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from .generator import Generator
-from .guidance import deviation_grad, guided_eps, in_window, learnability_score, select_best
-from .plan import WorkItem, item_seed
+from .guidance import (
+    deviation_grad,
+    guided_eps,
+    in_window,
+    learnability_score,
+    select_best,
+)
+from .work import WorkItem, item_seed
 
 
 @dataclass
@@ -35,7 +40,7 @@ class SampleSettings:
     auto_batch: bool = False  # the worker replaces batch_size by the largest that fits its GPU (core/batching.py)
     student_size: int = 8  # images are resized to this before the student and the reference see them
     autocast: bool = False  # bf16 autocast of the denoiser and students (GPU)
-    vae_checkpointing: bool = False  # recompute the VAE decoder in the backward (memory.py measures the trade)
+    vae_checkpointing: bool = False  # recompute the VAE decoder in the backward (activation_bytes.py measures the trade)
 
 
 @dataclass
@@ -67,10 +72,8 @@ def score_images(images_u8: torch.Tensor, labels: torch.Tensor, student, referen
                  size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(S, student loss, reference loss) of stored images; NaN for a missing model."""
     x = to_student(images_u8.float() / 255, size)
-    nan = torch.full((x.shape[0],), math.nan, device=x.device)
-    ls = F.cross_entropy(student(x).float(), labels, reduction="none") if student is not None else nan
-    lr = F.cross_entropy(reference(x).float(), labels, reduction="none") if reference is not None else nan
-    return ls - omega * lr, ls, lr
+    return learnability_score(student(x) if student is not None else None,
+                              reference(x) if reference is not None else None, labels, omega)
 
 
 def autocast_context(device: torch.device, s: SampleSettings):
@@ -84,7 +87,7 @@ def guided_step(gen: Generator, x: torch.Tensor, t: torch.Tensor | int, labels: 
 
     The backward runs through the student and θ*, the resize, the VAE decoder and the denoiser
     (both CFG halves), all in one pass for the whole batch. `backward=False` stops after the
-    forward (memory.py counts what the forward saved for it).
+    forward (activation_bytes.py counts what the forward saved for it).
     """
     gen.set_vae_checkpointing(s.vae_checkpointing)
     with torch.enable_grad():

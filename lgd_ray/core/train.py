@@ -19,12 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
-from lgd_ray.core.config import TrainingConfig
+from lgd_ray.core.config import AUGMENTS, TrainingConfig, check_training
 from lgd_ray.core.errors import UserError
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
-AUGMENTS = ("none", "shift", "imagenet")
 JITTER = 0.2  # brightness/contrast/saturation factors drawn from [1 - JITTER, 1 + JITTER]
 
 
@@ -146,16 +143,8 @@ class TrainSettings:
 
     def validate(self, section: str = "train") -> None:
         """Raise a UserError naming `section.key` (e.g. "eval.optimizer") for a bad value."""
-        for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENTS)):
-            if getattr(self, key) not in allowed:
-                raise UserError(f"{section}.{key}", f"unknown {key} {getattr(self, key)!r}",
-                                "choose one of: " + ", ".join(allowed))
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{section}.{key}", f"must be >= 1, got {getattr(self, key)}", "use a positive integer")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.cutmix <= 1:
-            raise UserError(section, "need lr > 0, weight_decay >= 0 and 0 <= cutmix <= 1",
-                            f"got lr={self.lr}, weight_decay={self.weight_decay}, cutmix={self.cutmix}")
+        check_training(section, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                       weight_decay=self.weight_decay, schedule=self.schedule, augment=self.augment, cutmix=self.cutmix)
 
 
 def lr_at(settings: TrainSettings, epoch: int) -> float:

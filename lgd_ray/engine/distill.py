@@ -10,104 +10,32 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from safetensors.torch import load
 
-from . import __version__
-from .core.batching import CPU_BATCH_SIZE
-from .core.config import Config, dump_yaml, from_dict
-from .core.classes import generator_class_index, resolve_classes
-from .core.data import load_source, materialize, random_subset_per_class
-from .core.errors import UserError
-from .core.generator import read_generator_info
-from .core.guidance import ClassMemory
-from .core.plan import WorkItem, chunk, stage_ipc, stage_items
-from .core.sampler import Sample, SampleSettings
-from .store import OutputDir, StageParams, sha256, stage_name, weights_bytes
+from .. import __version__
+from ..core.batching import CPU_BATCH_SIZE
+from ..core.config import Config, dump_yaml
+from ..core.data import load_source, materialize, random_subset_per_class
+from ..core.errors import UserError
+from ..core.guidance import ClassMemory
+from ..core.sampler import Sample, SampleSettings
+from ..core.work import WorkItem, chunk, stage_ipc, stage_items
+from .run import RunInfo, log, resolve_run
+from .store import (
+    OutputDir,
+    StageParams,
+    load_weights,
+    sha256,
+    stage_name,
+    weights_bytes,
+)
 
 OUTPUT_ENTRIES = ("checkpoints", "reference", "preview", "metrics.jsonl", "results.json", "report.md", "_ray_train")
-
-
-def log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[lgd-ray] {msg}", file=sys.stderr, flush=True)
-
-
-def init_ray() -> None:
-    """Attach to the cluster this driver runs on (job submit, `ray start`), else start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):  # a cluster (job submit): its workers' logs go to the job's log
-        ray.init(configure_logging=False)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
-    # Ray Train polls its workers every 2 s by default: ~4 s of idle per stage on a laptop.
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    # A laptop terminal shows the progress bars; worker logs stay in the session's log folder.
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
-@dataclass
-class RunInfo:
-    """What the driver resolves once: classes, class map, channels."""
-
-    class_ids: list[str]
-    class_map: list[int]
-    in_channels: int
-
-
-def data_channels(cfg: Config) -> int:
-    """Channels of the run's images: the digits are grey, every other source is RGB."""
-    return 1 if cfg.data.name == "digits" else 3
-
-
-def resolve_classes_only(cfg: Config) -> list[str]:
-    """The run's class ids, checked against the data source."""
-    d = cfg.data
-    available = None
-    if d.name == "digits":
-        available = [str(i) for i in range(10)]
-    elif d.name == "imagefolder":
-        if not d.root or not os.path.isdir(d.root):
-            raise UserError("data.root", f"{d.root!r} is not a folder", "give the ImageNet-layout folder (root/train/<wnid>/...)")
-        split_root = os.path.join(d.root, d.train_split) if os.path.isdir(os.path.join(d.root, d.train_split)) else d.root
-        available = sorted(e for e in os.listdir(split_root) if os.path.isdir(os.path.join(split_root, e)))
-    elif "://" not in d.root and not os.path.exists(d.root):
-        raise UserError("data.root", f"{d.root!r} does not exist", "give a Parquet file or folder")
-    if d.classes is None and available is None:
-        raise UserError("data.classes", "a Parquet source needs its class list", "set data.classes to a preset or a list of ids")
-    return resolve_classes(d.classes, available)
-
-
-def resolve_run(cfg: Config) -> RunInfo:
-    """Check the config against the data and the generator; every mismatch is a one-line UserError."""
-    class_ids = resolve_classes_only(cfg)
-    info = read_generator_info(cfg.generator.path)
-    if cfg.generator.class_map is not None:
-        class_map = list(cfg.generator.class_map)
-        if len(class_map) != len(class_ids):
-            raise UserError("generator.class_map", f"has {len(class_map)} entries for {len(class_ids)} classes", "give one generator class per class")
-    else:
-        class_map = generator_class_index(class_ids, info.class_ids)
-    bad = [c for c in class_map if not 0 <= c < info.num_classes]
-    if bad:
-        raise UserError("generator.class_map", f"class {bad[0]} but the generator has {info.num_classes} classes",
-                        "use a generator trained on these classes or fix the map")
-    if cfg.reference.path and "://" not in cfg.reference.path and not os.path.isfile(cfg.reference.path):
-        raise UserError("reference.path", f"{cfg.reference.path!r} not found", "train one with `lgd-ray train-reference --out DIR`")
-    if cfg.distill.seed_source and not os.path.exists(cfg.distill.seed_source):
-        raise UserError("distill.seed_source", f"{cfg.distill.seed_source!r} does not exist",
-                        "give a Parquet file/folder or an image folder")
-    in_channels = data_channels(cfg)
-    return RunInfo(class_ids, class_map, in_channels)
 
 
 def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
@@ -127,10 +55,6 @@ def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
     return saved is not None and saved["hash"] == cfg.hash()
 
 
-def load_weights(out: OutputDir, rel: str) -> dict[str, torch.Tensor] | None:
-    return load(out.read_bytes(rel)) if out.exists(rel) else None
-
-
 def ensure_reference(cfg: Config, out: OutputDir, run: RunInfo, progress: bool = False) -> dict[str, torch.Tensor]:
     """θ*: the given file, the one this output already trained, or a new one trained on real data."""
     if cfg.reference.path:
@@ -139,7 +63,7 @@ def ensure_reference(cfg: Config, out: OutputDir, run: RunInfo, progress: bool =
     rel = "reference/model.safetensors"
     state = load_weights(out, rel)
     if state is None:
-        from .training import train_with_ray
+        from .train_job import train_with_ray
 
         log(progress, f"training the reference θ* ({cfg.reference.arch}, {cfg.reference.epochs} epochs, Ray Train)")
         t0 = time.perf_counter()
@@ -279,7 +203,7 @@ def train_stage_student(cfg: Config, out: OutputDir, run: RunInfo, stage: int, i
     rel = f"checkpoints/{stage_name(stage)}/model.safetensors"
     state = load_weights(out, rel)
     if state is None:
-        from .training import train_with_ray
+        from .train_job import train_with_ray
 
         log(progress, f"{stage_name(stage)}: training θ_{stage} on stages 0..{stage} ({cfg.ray.train_workers} Ray Train worker(s))")
         t0 = time.perf_counter()
@@ -300,8 +224,8 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
     `on_stage(i, metrics)` is called right after θ_i is trained or loaded, with its `metrics.jsonl`
     record (val_acc, ...); a sweep reports it to Tune.
     """
-    from .report import write_previews
-    from .sampling import SamplerPool
+    from .figures import write_previews
+    from .sampler_actors import SamplerPool
 
     run = resolve_run(cfg)
     out = OutputDir(out_uri)
@@ -335,13 +259,3 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
     log(progress, f"done: {out.uri} (previews in preview/)")
     rows = sum(out.manifest(s)["rows"] for s in stages)
     return {"out": out.uri, "stages": len(stages), "images": rows, "resumed": resumed, "config_hash": cfg.hash()}
-
-
-def load_run_config(out_uri: str) -> Config:
-    """The resolved config of an existing output (for evaluate / verify / analysis commands)."""
-    out = OutputDir(out_uri)
-    saved = out.read_json("config.json")
-    if saved is None:
-        raise UserError("out", f"{out_uri} is not an lgd-ray output (no config.json)", "give the --out folder of `lgd-ray distill`")
-    return from_dict(saved["config"])
-

@@ -1,4 +1,5 @@
-"""The evaluation protocol on Ray: one task per (set, seed), run wherever there is a free CPU/GPU.
+"""Evaluation tasks on Ray: the protocol (one task per set and seed), the cross-increment runs and the
+data map, each a task run wherever there is a free CPU/GPU.
 
 With `eval.protocol=soft` the driver loads the teacher once (`load_teacher`, before Ray starts when
 called from the CLI, so a bad `eval.teacher` costs nothing) and puts it in the object store once;
@@ -7,19 +8,30 @@ every task gets that one copy.
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from collections.abc import Sequence
 
+import numpy as np
 import ray
 import torch
 from safetensors.torch import load as load_safetensors
 
-from .core.config import EvalConfig
-from .core.data import ImageSet
-from .core.errors import UserError
-from .core.evaluate import evaluate_seed, summarize
-from .core.teacher import FIELD, checkpoint_files, parse_teacher, teacher_from_checkpoint, teacher_from_timm
-from .core.train import evaluate_accuracy
+from ..core.analysis import cartography, train_on_increment_and_test
+from ..core.config import EvalConfig
+from ..core.data import ImageSet
+from ..core.errors import UserError
+from ..core.evaluate import evaluate_seed, summarize
+from ..core.students import build_student
+from ..core.teacher import (
+    FIELD,
+    checkpoint_files,
+    parse_teacher,
+    teacher_from_checkpoint,
+    teacher_from_timm,
+)
+from ..core.train import TrainSettings, evaluate_accuracy
 from .store import OutputDir
 
 
@@ -49,13 +61,16 @@ def load_teacher(e: EvalConfig, class_ids: Sequence[str], image_size: int, in_ch
                                    in_channels=in_channels, source=name)
 
 
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @ray.remote(num_cpus=1)
 def _seed_task(train_set: ImageSet, val_set: ImageSet, settings: EvalConfig, seed: int, num_classes: int,
                teacher: torch.nn.Module | None) -> dict:
     torch.set_num_threads(1)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return evaluate_seed(train_set, val_set, settings, seed, num_classes=num_classes, image_size=val_set.image_size,
-                         in_channels=val_set.in_channels, device=device, teacher=teacher)
+                         in_channels=val_set.in_channels, device=_device(), teacher=teacher)
 
 
 def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *, teacher: torch.nn.Module | None = None,
@@ -72,20 +87,8 @@ def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *
         for seed in e.seeds:
             refs[task.remote(set_ref, val_ref, e, seed, val_set.num_classes, teacher_ref)] = (name, seed)
     per: dict[str, list[dict]] = {name: [] for name in sets}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(refs), desc="evaluate", unit="run")
-    pending = list(refs)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        name, _ = refs[ready[0]]
-        per[name].append(ray.get(ready[0]))
-        if bar:
-            bar.update(1)
-    if bar:
-        bar.close()
+    for (name, _), result in wait_all(refs, progress, "evaluate").items():
+        per[name].append(result)
     protocol = {"protocol": e.protocol, **({"temperature": e.temperature, "teacher": e.teacher}
                                            if e.protocol == "soft" else {})}
     return {name: {**summarize(sorted(rs, key=lambda r: r["seed"])), **protocol} for name, rs in per.items()}
@@ -95,3 +98,40 @@ def reference_fidelity(reference: torch.nn.Module, s: ImageSet, image_size: int)
     """θ*'s accuracy on a distilled set: label fidelity (guidance can buy S with invalid samples)."""
     acc, _ = evaluate_accuracy(reference, s.resized(image_size))
     return acc
+
+
+def wait_all(refs: dict, progress: bool, desc: str) -> dict:
+    """ray.get every ref, as they finish; returns {key: result}."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(refs), desc=desc, unit="run", file=sys.stderr)
+    done, pending = {}, list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        done[refs[ready[0]]] = ray.get(ready[0])
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    return done
+
+
+@ray.remote(num_cpus=1)
+def increment_task(increments: list[ImageSet], train_index: int, settings: EvalConfig, seed: int,
+                    num_classes: int) -> dict:
+    torch.set_num_threads(1)
+    first = increments[0]
+    return train_on_increment_and_test(increments[train_index], increments, settings, seed, num_classes=num_classes,
+                                       image_size=first.image_size, in_channels=first.in_channels, device=_device())
+
+
+@ray.remote(num_cpus=1)
+def cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, seed: int, epochs: int) -> dict:
+    torch.set_num_threads(1)
+    factory = functools.partial(build_student, settings.arch, data.num_classes, data.image_size, data.in_channels,
+                                seed=seed, field="eval.arch")
+    train_settings = TrainSettings.from_section(settings, seed, epochs)
+    train_settings.validate("eval")
+    return cartography(factory, data, train_settings, device=_device(), stage=stage)

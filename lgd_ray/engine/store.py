@@ -22,11 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from safetensors.torch import save
+import torch
+from safetensors.torch import load, save
 
-from .core.data import ImageSet, encode_png, read_parquet_images
-from .core.errors import UserError
-from .core.sampler import Sample
+from ..core.data import ImageSet, encode_png, read_parquet_images
+from ..core.errors import UserError
+from ..core.sampler import Sample
 
 
 def weights_bytes(state: dict) -> bytes:
@@ -236,3 +237,8 @@ class OutputDir:
                 with self.fs.open_input_file(self.path(stage_name(s), p["file"])) as f:
                     tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def load_weights(out: OutputDir, rel: str) -> dict[str, torch.Tensor] | None:
+    """The safetensors weights at `rel` in `out`, or None when absent."""
+    return load(out.read_bytes(rel)) if out.exists(rel) else None

@@ -22,10 +22,16 @@ from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
-from .core.config import Config, from_dict
-from .core.data import load_split
-from .core.students import build_student
-from .core.train import TrainSettings, evaluate_accuracy, shard_sampler, train_classifier, worker_batch_size
+from ..core.config import Config, from_dict
+from ..core.data import load_split
+from ..core.students import build_student
+from ..core.train import (
+    TrainSettings,
+    evaluate_accuracy,
+    shard_sampler,
+    train_classifier,
+    worker_batch_size,
+)
 from .store import OutputDir, weights_bytes
 
 

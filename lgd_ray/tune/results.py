@@ -10,15 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core.config import dump_yaml
-from .sweep import Sweep, config_with
+from ..core.config import dump_yaml
+from ..engine.store import OutputDir
+from .spec import Sweep, config_with
 
 
 def collect(grid, sweep: Sweep, out: str) -> list[dict]:
     """One row per trial: params, accuracy per stage, final accuracy, status ("completed" = the trial's
     distilled set is whole, every stage's manifest written)."""
-    from .store import OutputDir
-
     all_trials = list(grid._experiment_analysis.trials)
     by_id = {t.trial_id: t for t in all_trials}
     by_path = {os.path.normpath(t.path): t for t in all_trials if getattr(t, "path", None)}
@@ -109,7 +108,7 @@ def plot_sweep(out: str, rows: list[dict]) -> None:
     """sweep.png: last reported accuracy against λ (log x), coloured by ω; hollow = stopped early."""
     from matplotlib.figure import Figure
 
-    from .plots import _png
+    from ..engine.figures import png_bytes
 
     pts = [r for r in rows if r["final_acc"] is not None]
     fig = Figure(figsize=(5.5, 4.2))
@@ -136,4 +135,4 @@ def plot_sweep(out: str, rows: list[dict]) -> None:
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow decade
         ax.legend(fontsize=8)
     ax.set(title="LGD sweep: accuracy at the last reported stage", xlabel="λ (distill.lam)", ylabel="val acc %")
-    Path(out, "sweep.png").write_bytes(_png(fig))
+    Path(out, "sweep.png").write_bytes(png_bytes(fig))
