@@ -86,7 +86,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .apps.report import results_table
     from .core.config import parse_override, set_key, validate
-    from .core.data import load_split, materialize
+    from .core.data import load_part, materialize
     from .engine.eval_tasks import evaluate_sets, load_teacher
     from .engine.run import init_ray, load_run_config, resolve_run
     from .engine.store import OutputDir
@@ -105,9 +105,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)
     init_ray()
     data = src.read_stages(stages, run.class_ids)
-    val = materialize(load_split(cfg.data, cfg.data.val_split, run.class_ids))
+    val = materialize(load_part(cfg.data, "test", run.class_ids))  # the final protocol: the test split
     name = f"{a.run} (stages 0..{stages[-1]})"
-    summary = evaluate_sets({name: data}, val, cfg.eval, teacher=teacher, progress=not a.quiet)[name]
+    summary = evaluate_sets({name: data}, val, cfg.eval, teacher=teacher, progress=not a.quiet,
+                            gpus_per_task=cfg.ray.task_gpus())[name]
     ipc = len(data) // len(run.class_ids)
     result = {name: {**summary, "ipc": ipc, "images": len(data), "reference_acc_on_set": None}}
     out = OutputDir(a.out or a.run)
@@ -129,7 +130,7 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
                                     in_channels=run.in_channels, stages=None, init=None, seed=cfg.seed)
     write_classifier(out, state, arch=cfg.reference.arch, class_ids=run.class_ids, image_size=cfg.data.image_size,
                      in_channels=run.in_channels, metrics=metrics)
-    print(f"reference saved to {out.path('model.safetensors')}: val acc {metrics.get('val_acc', float('nan')):.3f}")
+    print(f"reference saved to {out.path('model.safetensors')}: selection-split acc {metrics.get('select_acc', float('nan')):.3f}")
     return 0
 
 
@@ -185,7 +186,7 @@ def cmd_redundancy(a: argparse.Namespace) -> int:
 
     load_run_config(a.run)
     init_ray()
-    r = redundancy(a.run, seeds=_seeds(a.seeds), epochs=a.epochs, progress=not a.quiet)
+    r = redundancy(a.run, seeds=_seeds(a.seeds), epochs=a.epochs, progress=not a.quiet, gpus_per_task=a.gpus_per_task)
     print(f"mean cross-increment accuracy {100 * r['cross_acc_mean']:.1f}% (self {100 * r['self_acc_mean']:.1f}%), "
           f"loss {r['cross_loss_mean']:.3f}; redundancy.json and redundancy.png in {a.run}")
     return 0
@@ -197,7 +198,7 @@ def cmd_cartography(a: argparse.Namespace) -> int:
 
     load_run_config(a.run)
     init_ray()
-    r = cartography_report(a.run, seed=a.seed, epochs=a.epochs, progress=not a.quiet)
+    r = cartography_report(a.run, seed=a.seed, epochs=a.epochs, progress=not a.quiet, gpus_per_task=a.gpus_per_task)
     for stage, f in r["per_stage"].items():
         print(f"{stage}: easy {f['easy']:.2f}  ambiguous {f['ambiguous']:.2f}  hard {f['hard']:.2f}")
     print(f"cartography.json and cartography.png in {a.run}")
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="an output folder of `lgd-ray distill` (local, NFS or object store)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the run's eval.seeds)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per training (default: the run's eval.epochs)")
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs each training task asks Ray for (default: the run's ray.gpus_per_task; auto = 1 when its Train workers used GPUs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_redundancy)
 
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="an output folder of `lgd-ray distill`")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--gpus-per-task", type=float, default=None,
+                   help="GPUs each training task asks Ray for (default: the run's ray.gpus_per_task; auto = 1 when its Train workers used GPUs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_cartography)
 

@@ -87,3 +87,27 @@ def test_worker_resolves_auto_to_at_most_a_chunk(tiny_generator_dir, tmp_path):
     params = StageParams([str(i) for i in range(10)], list(range(10)), s.k, s.lam, s.omega, s.gamma)
     worker.set_stage(s, params, state, None)
     assert worker.settings.batch_size == 12 and not worker.settings.auto_batch  # CPU: 64, capped at 4 slots x 3
+
+
+def test_the_worker_decides_precision_on_its_own_device(tiny_generator_dir, tmp_path, monkeypatch):
+    """A CPU-only driver (a cluster's head) says nothing about `auto`: a GPU actor resolves bf16, a CPU one
+    fp32, and the worker's settings follow its own resolution, whatever the driver's torch sees."""
+    from lgd_ray.engine.sampler_actors import ChunkWorker, resolve_precision
+    from lgd_ray.engine.store import StageParams
+
+    assert resolve_precision("auto", torch.device("cuda")) == {"device": "cuda", "dtype": "bf16"}
+    assert resolve_precision("auto", torch.device("cpu")) == {"device": "cpu", "dtype": "fp32"}
+    assert resolve_precision("bf16", torch.device("cpu"))["dtype"] == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda"))["dtype"] == "fp32"
+    cfg = load_config(None, [f"generator.path={tiny_generator_dir}", "ray.gpus_per_sampler=1"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the driver believes it has a GPU ...
+    s = stage_settings(cfg, 1)
+    assert not s.autocast  # ... and still does not decide `auto`
+    monkeypatch.undo()
+    state = build_student(cfg.reference.arch, 10, 8, 1, seed=2).state_dict()
+    worker = ChunkWorker(cfg.to_dict(), str(tmp_path), state, 10, 1)  # no CUDA here: the worker runs on CPU
+    worker.set_stage(s, StageParams([str(i) for i in range(10)], list(range(10)), s.k, s.lam, s.omega, s.gamma),
+                     state, None)
+    assert worker.placement()["dtype"] == "fp32" and not worker.settings.autocast
+    bf16 = load_config(None, [f"generator.path={tiny_generator_dir}", "generator.dtype=bf16"])
+    assert stage_settings(bf16, 1).autocast

@@ -49,6 +49,35 @@ def test_digits_bad_split():
         data.load_digits_split("val", val_fraction=1.5)
 
 
+def test_selection_split_carves_train_per_class_seeded_and_never_touches_test():
+    """train + select partition data.train_split (per class round(n·f), ≥ 1 each side); test = data.val_split;
+    the carve of a class depends only on that class's images; the same for every run seed."""
+    from lgd_ray.core.config import load_config
+
+    cfg = load_config(None, ["data.select_fraction=0.25"])
+    classes = [str(d) for d in range(10)]
+    full = data.load_digits_split("train")
+    train_idx, select_idx = data.selection_split(full.labels, 0.25, 10)
+    assert set(train_idx).isdisjoint(select_idx) and sorted(train_idx + select_idx) == list(range(len(full)))
+    counts = np.bincount(full.labels.numpy(), minlength=10)
+    assert np.bincount(full.labels[select_idx].numpy(), minlength=10).tolist() == np.rint(counts * 0.25).astype(int).tolist()
+    train, select, test = (data.load_part(cfg.data, p, classes) for p in ("train", "select", "test"))
+    assert torch.equal(select.images, full.images[select_idx]) and torch.equal(train.images, full.images[train_idx])
+    assert torch.equal(test.images, data.load_digits_split("val").images)
+    assert len(train) + len(select) == len(full)
+    # a class's carve is its own: dropping 50 of class 0's images leaves every other class's selection as it was
+    keep = np.ones(len(full), bool)
+    keep[np.flatnonzero(full.labels.numpy() == 0)[:50]] = False
+    _, sel_kept = data.selection_split(full.labels[keep], 0.25, 10)
+    back = np.flatnonzero(keep)[sel_kept]
+    others = [i for i in select_idx if int(full.labels[i]) != 0]
+    assert [int(i) for i in back if int(full.labels[i]) != 0] == others
+    with pytest.raises(UserError, match="data.select_fraction"):
+        data.selection_split(torch.tensor([0, 0, 1]), 0.5, 2)  # class 1 has one image: nothing to carve
+    with pytest.raises(UserError, match="data.select_fraction"):
+        load_config(None, ["data.select_fraction=0"])
+
+
 def test_imageset_helpers():
     s = data.load_digits_split("val")
     sub = s.subset([0, 2, 4])

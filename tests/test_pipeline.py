@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -158,3 +159,51 @@ def test_seed_increment_from_a_parquet_source(baseline, tiny_generator_dir, refe
     assert {k: v for k, v in got.items() if k[0] == 0} == {k: v for k, v in want.items() if k[0] == 0}
     seeded = OutputDir(out).read_rows([0], columns=["seed", "latent"])
     assert set(seeded.column("seed").to_pylist()) == {-1}  # copied, not sampled
+
+
+def test_student_accuracy_is_read_on_the_selection_split(baseline):
+    """θ_0's recorded accuracy (what ASHA and best.yaml choose by) is its accuracy on the selection split
+    carved from train, recomputed here from the saved weights: not the test split the final table reads."""
+    from safetensors.torch import load_file
+
+    from lgd_ray.core.data import load_part
+    from lgd_ray.core.students import build_student
+    from lgd_ray.core.train import evaluate_accuracy
+
+    cfg = load_config(None, [])
+    classes = [str(i) for i in range(10)]
+    record = next(json.loads(line) for line in (Path(baseline) / "metrics.jsonl").read_text().splitlines()
+                  if json.loads(line).get("event") == "student")
+    assert "val_acc" not in record and record["stage"] == 0
+    net = build_student("convnet2-w8", 10, 8, 1)
+    net.load_state_dict(load_file(str(Path(baseline) / "checkpoints" / "stage=000" / "model.safetensors")))
+    net.eval()
+    select_acc, select_loss = evaluate_accuracy(net, load_part(cfg.data, "select", classes))
+    test_acc, _ = evaluate_accuracy(net, load_part(cfg.data, "test", classes))
+    assert record["select_acc"] == pytest.approx(select_acc, abs=1e-6)
+    assert record["select_loss"] == pytest.approx(select_loss, rel=1e-5)
+    assert select_acc != test_acc  # the two splits differ (360 vs ~144 images): the check can tell them apart
+
+
+def test_precision_is_recorded_and_a_resume_on_other_hardware_is_refused(baseline, tiny_generator_dir,
+                                                                         reference_file, tmp_path):
+    """`generator.dtype: auto` is resolved by the sampler actors on their device (fp32 here, on CPU) and
+    recorded with the run; rerunning on hardware that resolves otherwise would mix bf16 and fp32 parts
+    under one config hash, so it is refused before a part is written."""
+    from lgd_ray.engine.distill import distill
+
+    expected = {"device": "cpu", "dtype": "fp32"}
+    assert json.loads((Path(baseline) / "config.json").read_text())["precision"] == expected
+    assert OutputDir(baseline).manifest(1)["inputs"]["precision"] == expected
+    run = tmp_path / "moved"
+    shutil.copytree(baseline, run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "precision": {"device": "cuda", "dtype": "bf16"}}))
+    (run / "stage=001" / "_manifest.json").unlink()
+    first = sorted((run / "stage=001").glob("part-*.parquet"))[0]
+    first.unlink()
+    before = {p: p.read_bytes() for p in (run / "stage=001").iterdir()}
+    with pytest.raises(UserError, match="generator.dtype") as e:
+        distill(load_config(None, tiny_overrides(tiny_generator_dir, reference_file)), str(run), progress=False)
+    assert "bf16 on cuda" in str(e.value) and "fp32 on cpu" in str(e.value)
+    assert {p: p.read_bytes() for p in (run / "stage=001").iterdir()} == before and not first.exists()

@@ -34,13 +34,13 @@ def test_space_parsing(tmp_path):
         "space:\n  distill.lam: {loguniform: [0.02, 0.5]}\n  distill.omega: {uniform: [0, 1]}\n"
         "  distill.k: {choice: [1, 3, 5]}\n  distill.window: {choice: [[0, 10], [5, 20]]}\n"
         "  distill.gamma: {uniform: [0.0, 0.1]}\n"
-        "num_samples: 5\nsearch: random\nmetric: val_acc\nasha: {grace_period: 1, reduction_factor: 3}\n")
+        "num_samples: 5\nsearch: random\nmetric: select_acc\nasha: {grace_period: 1, reduction_factor: 3}\n")
     s = load_sweep(sweep_file, ["student.epochs=7"])
     got = {p.key: (p.dist, p.values) for p in s.space}
     assert got == {"distill.lam": ("loguniform", [0.02, 0.5]), "distill.omega": ("uniform", [0.0, 1.0]),
                    "distill.k": ("choice", [1, 3, 5]), "distill.window": ("choice", [[0, 10], [5, 20]]),
                    "distill.gamma": ("uniform", [0.0, 0.1])}
-    assert (s.num_samples, s.search, s.metric, s.grace_period, s.reduction_factor) == (5, "random", "val_acc", 1, 3)
+    assert (s.num_samples, s.search, s.metric, s.grace_period, s.reduction_factor) == (5, "random", "select_acc", 1, 3)
     assert s.base.distill.stages == 3 and s.base.student.epochs == 7  # sweep overrides, then the command line
     # the shipped sweeps parse
     assert load_sweep("jobs/sweep_demo.yaml").num_samples >= 4
@@ -114,7 +114,7 @@ def test_optuna_search_proposes_within_the_space():
                          "num_samples": 4, "seed": 3})
     alg = search_algorithm(sweep, concurrent=2)
     assert type(alg).__name__ == "ConcurrencyLimiter" and type(alg.searcher).__name__ == "OptunaSearch"
-    assert alg.set_search_properties("val_acc", "max", {p.key: p.tune_domain() for p in sweep.space})
+    assert alg.set_search_properties("select_acc", "max", {p.key: p.tune_domain() for p in sweep.space})
     proposals = [alg.suggest(f"t{i}") for i in range(3)]
     assert proposals[2] is None  # two in flight at most
     for cfg in proposals[:2]:
@@ -122,7 +122,7 @@ def test_optuna_search_proposes_within_the_space():
         assert 0.05 <= params["distill.lam"] <= 0.5 and 0.0 <= params["distill.omega"] <= 1.0
         assert params["distill.k"] in (1, 2) and params["distill.window"] in ([0, 10], [5, 20])
         _ = load_config(None, [f"distill.window={json.dumps(params['distill.window'])}"])
-    alg.on_trial_complete("t0", {"val_acc": 0.5, "stage": 3})
+    alg.on_trial_complete("t0", {"select_acc": 0.5, "stage": 3})
     assert alg.suggest("t3") is not None  # a finished trial frees a slot
 
 
@@ -155,7 +155,7 @@ def test_per_stage_reporting(swept):
         assert all(r[f"acc_stage{s}"] != "" for s in range(1, n + 1))
         assert (n == 3) == (r["status"] == "completed") and n >= 2  # ASHA's only rung is stage 2
         recs = [json.loads(line) for line in Path(out, "trials", r["trial_id"], "metrics.jsonl").read_text().splitlines()]
-        students = {x["stage"]: x["val_acc"] for x in recs if x["event"] == "student"}
+        students = {x["stage"]: x["select_acc"] for x in recs if x["event"] == "student"}
         for s in range(1, n + 1):  # what Tune got is what the pipeline measured for θ_{s-1}
             assert float(r[f"acc_stage{s}"]) == pytest.approx(students[s - 1])
     # the reservation: one trial's peak (0.01 + 1 CPU) fits 2 CPUs once, so the trials ran one after the other
@@ -188,7 +188,7 @@ def test_best_yaml_reproduces_the_trial(swept, tmp_path):
     recs = [json.loads(line) for line in Path(rerun, "metrics.jsonl").read_text().splitlines()]
     last = max(r["stage"] for r in recs if r["event"] == "student")
     assert last + 1 == summary["best"]["stage"]
-    assert next(r["val_acc"] for r in recs if r["event"] == "student" and r["stage"] == last) == summary["best"]["val_acc"]
+    assert next(r["select_acc"] for r in recs if r["event"] == "student" and r["stage"] == last) == summary["best"]["select_acc"]
     assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("stage=*")} == \
         {p.name for p in rerun.glob("stage=*")}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..core.config import Config
-from ..core.data import load_split, materialize, random_subset_per_class
+from ..core.data import load_part, materialize, random_subset_per_class
 from ..engine.distill import distill
 from ..engine.eval_tasks import evaluate_sets, load_teacher, reference_fidelity
 from ..engine.run import log, resolve_classes_only, resolve_run
@@ -49,7 +49,7 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> C
     path = join(out_uri, "generator")
     if not (Path(path) / "lgd_ray.json").is_file():
         class_ids = resolve_classes_only(cfg)
-        data = materialize(load_split(cfg.data, cfg.data.train_split, class_ids), progress=progress)
+        data = materialize(load_part(cfg.data, "train", class_ids), progress=progress)
         log(progress, f"training a generator on {cfg.data.root} ({len(data)} images, {steps} steps)")
         gen = train_generator(data, GeneratorTrainSettings(steps=steps, seed=cfg.seed), progress=progress,
                               device="cuda" if torch.cuda.is_available() else "cpu",
@@ -81,8 +81,10 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
         log(progress, f"{name}: distilling into {uris[name]}")
         distill(c, uris[name], overwrite=overwrite, progress=progress)
 
-    train_real = materialize(load_split(cfg.data, cfg.data.train_split, run.class_ids))
-    val = materialize(load_split(cfg.data, cfg.data.val_split, run.class_ids))
+    # Random real and full real draw from the train part (the selection split held out, as for θ*); every
+    # figure of the table is read on the test split, once, after all choices were made on the selection split.
+    train_real = materialize(load_part(cfg.data, "train", run.class_ids))
+    val = materialize(load_part(cfg.data, "test", run.class_ids))
     order = random_subset_per_class(train_real.labels, ipc, cfg.seed, num_classes=len(run.class_ids))
     generated = {name: OutputDir(uri) for name, uri in uris.items()}
 
@@ -94,11 +96,13 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
         for name, out in generated.items():
             sets[(name, i)] = out.read_stages(stages[:i + 1], run.class_ids)
     log(progress, f"evaluating {len(sets)} sets x {len(cfg.eval.seeds)} seeds ({cfg.eval.arch})")
+    gpus = cfg.ray.task_gpus()
     summaries = evaluate_sets({f"{m}|{i}": s for (m, i), s in sets.items()}, val, cfg.eval, teacher=teacher,
-                              progress=progress)
+                              progress=progress, gpus_per_task=gpus)
     full_eval = copy.deepcopy(cfg.eval)
     full_eval.epochs = full_epochs
-    summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, teacher=teacher, progress=progress)[FULL]
+    summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, teacher=teacher, progress=progress,
+                                                 gpus_per_task=gpus)[FULL]
 
     reference = _reference(cfg, uris[lgd_name], run)
     last = stages[-1]
@@ -171,6 +175,11 @@ Data: {cfg.data.name}; generator: {cfg.generator.path} ({cfg.generator.scheduler
 IPC {d.ipc_seed} (seed) + {d.stages} x {d.ipc_per_stage}; λ={d.lam}, ω={d.omega}, κ={d.k}, γ={d.gamma}, window {d.window}.
 Evaluation: {cfg.eval.arch}, {cfg.eval.epochs} epochs ({full_epochs} for the full data), seeds {cfg.eval.seeds}, {_protocol(cfg)}.
 Config hash {cfg.hash()}.
+
+Splits: every figure below is read on the **test split** (`data.val_split` = {cfg.data.val_split}), once, after
+every choice was made. θ_i's accuracy in each run's `metrics.jsonl`, a sweep's ASHA metric and its
+`best.yaml` read the **selection split**: {cfg.data.select_fraction:g} of each class of `data.train_split`, seeded,
+held out of θ*, of random real and of the full real set.
 
 {table}
 

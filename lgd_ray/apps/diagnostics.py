@@ -22,7 +22,7 @@ from ..core.data import ImageSet
 from ..core.errors import UserError
 from ..core.evaluate import epochs_for_ipc
 from ..engine import figures
-from ..engine.eval_tasks import cartography_task, increment_task, wait_all
+from ..engine.eval_tasks import cartography_task, increment_task, placements, wait_all
 from ..engine.run import load_run_config, resolve_run
 from ..engine.store import OutputDir, stage_name
 
@@ -61,7 +61,7 @@ def _settings(run: _Run, seeds: list[int] | None, epochs: int | None) -> tuple[E
 
 
 def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | None = None, progress: bool = True,
-               gpus_per_task: float = 0.0) -> dict:
+               gpus_per_task: float | None = None) -> dict:
     """Cross-increment transfer of a run: for every complete stage I_i and seed, train the eval
     net on I_i alone and test it on every I_j. Writes `redundancy.json` and `redundancy.png` into
     the output; returns the JSON's dict. `cross_acc_mean` is the paper's redundancy figure
@@ -69,7 +69,8 @@ def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | No
     run = _load_run(out_uri, min_stages=2)
     settings, seeds = _settings(run, seeds, epochs)
     num_classes = len(run.class_ids)
-    task = increment_task.options(num_gpus=gpus_per_task) if gpus_per_task else increment_task
+    gpus = run.cfg.ray.task_gpus() if gpus_per_task is None else gpus_per_task
+    task = increment_task.options(num_gpus=gpus) if gpus else increment_task
     incs_ref = ray.put(run.increments)
     refs = {task.remote(incs_ref, i, settings, seed, num_classes): (i, seed)
             for seed in seeds for i in range(len(run.increments))}
@@ -87,6 +88,7 @@ def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | No
         "epochs": [results[(i, seeds[0])]["epochs"] for i in range(len(run.increments))],
         "arch": settings.arch,
         "config_hash": run.cfg.hash(),
+        "placement": placements(results.values()),
         "accuracy": mean_acc.tolist(),
         "loss": mean_loss.tolist(),
         "per_seed": {"accuracy": acc.tolist(), "loss": loss.tolist()},
@@ -104,7 +106,7 @@ def redundancy(out_uri: str, *, seeds: list[int] | None = None, epochs: int | No
 
 
 def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | None = None, progress: bool = True,
-                       gpus_per_task: float = 0.0) -> dict:
+                       gpus_per_task: float | None = None) -> dict:
     """Data map of the run's full distilled set (all complete stages) trained once with the eval
     settings: per-stage fractions of easy / ambiguous / hard samples. Writes `cartography.json`
     (summaries and the per-sample map) and `cartography.png`; returns the JSON's dict. Assumes Ray
@@ -115,7 +117,8 @@ def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | N
     data = ImageSet.concat(run.increments)
     stage = np.concatenate([np.full(len(inc), s, dtype=np.int64) for s, inc in zip(run.stages, run.increments)])
     n_epochs = settings.epochs or epochs_for_ipc(math.ceil(len(data) / len(run.class_ids)))
-    task = cartography_task.options(num_gpus=gpus_per_task) if gpus_per_task else cartography_task
+    gpus = run.cfg.ray.task_gpus() if gpus_per_task is None else gpus_per_task
+    task = cartography_task.options(num_gpus=gpus) if gpus else cartography_task
     result = wait_all({task.remote(data, stage, settings, seed, n_epochs): "map"}, progress, "cartography")["map"]
     report = {
         "stages": run.stages,
@@ -125,6 +128,7 @@ def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | N
         "arch": settings.arch,
         "augment": settings.augment,
         "config_hash": run.cfg.hash(),
+        "placement": placements([result]),
         "regions": result["regions"],
         "overall": result["overall"],
         "per_stage": {stage_name(s): v for s, v in result["per_stage"].items()},

@@ -28,7 +28,10 @@ class DataConfig:
     classes: Any = None  # preset ("imagenette", "imagewoof", "imagenet1k") or list of class ids; None = all
     image_size: int = 8  # resolution the students train and score at
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str = "val"  # the test split: read once, by the final protocol (evaluate, the demo's table)
+    # of each class of train_split, seeded, held out of every training: the selection split that θ_i's
+    # accuracy, ASHA, best.yaml and every calibration read (core/data.py PARTS)
+    select_fraction: float = 0.1
 
 
 # Off by measurement (README "Memory of a guided step"): for DiT-XL/2 + sd-vae-ft-mse in bf16 it cuts
@@ -50,6 +53,9 @@ class GeneratorConfig:
     # fits, from a probe step (core/batching.py); 64 on CPU
     batch_size: Any = 64
     vae_checkpointing: bool = VAE_CHECKPOINTING_DEFAULT  # recompute the VAE decoder in a guided step's backward
+    # auto | dit | diffusers (core/generator.py): dit = DDPM with DiT's learned-range variance and CFG on
+    # ε channels :3 as DiT, IGD and Minimax sample; auto = dit for DiT checkpoints, diffusers otherwise
+    convention: str = "auto"
 
 
 @dataclass
@@ -124,6 +130,15 @@ class RayConfig:
     gpus_per_sampler: float = 0.0  # fractional allowed; 0 on CPU
     train_workers: int = 1  # Ray Train workers per stage (DDP)
     gpus_per_train_worker: float = 0.0
+    # each evaluation, redundancy and cartography task (one classifier trained from scratch); auto = 1
+    # when the Train workers use GPUs (the job says it runs on GPUs), else 0
+    gpus_per_task: Any = "auto"
+
+    def task_gpus(self) -> float:
+        """GPUs one evaluation-like task asks Ray for (`gpus_per_task`, auto resolved)."""
+        if self.gpus_per_task == "auto":
+            return 1.0 if self.gpus_per_train_worker > 0 else 0.0
+        return float(self.gpus_per_task)
 
 
 @dataclass
@@ -146,6 +161,8 @@ class Config:
         for key in EXECUTION_KEYS:
             section, name = key.split(".")
             d[section].pop(name)
+        if self.generator.convention == "auto":  # the default: outputs made before this key keep their hash
+            d["generator"].pop("convention")
         if self.eval.protocol == "hard":  # unused then; and outputs made before these keys keep their hash
             for name in SOFT_LABEL_KEYS:
                 d["eval"].pop(name)
@@ -155,7 +172,8 @@ class Config:
 
 # Keys that only place the work; the output is independent of them (tests prove it for samplers).
 # generator.vae_checkpointing recomputes the same ops on the same inputs (a test checks the outputs).
-EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler", "generator.vae_checkpointing")
+EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler", "ray.gpus_per_task",
+                  "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
@@ -314,10 +332,15 @@ def validate(cfg: Config) -> None:
         raise UserError("generator.scheduler", f"unknown scheduler {g.scheduler!r}", "choose ddim or ddpm")
     if g.dtype not in ("auto", "fp32", "bf16"):
         raise UserError("generator.dtype", f"unknown dtype {g.dtype!r}", "choose auto, fp32 or bf16")
+    if g.convention not in ("auto", "dit", "diffusers"):  # generator.CONVENTIONS (not imported: no diffusers here)
+        raise UserError("generator.convention", f"unknown convention {g.convention!r}", "choose auto, dit or diffusers")
     if cfg.data.name not in ("digits", "imagefolder", "parquet"):
         raise UserError("data.name", f"unknown data source {cfg.data.name!r}", "choose digits, imagefolder or parquet")
     if cfg.data.name != "digits" and not cfg.data.root:
         raise UserError("data.root", f"data.name={cfg.data.name} needs a root", "set data.root=PATH")
+    if not 0 < cfg.data.select_fraction < 1:
+        raise UserError("data.select_fraction", f"must be in (0, 1), got {cfg.data.select_fraction}",
+                        "use e.g. 0.1: a tenth of each class of the train split is held out for selection")
     if not cfg.eval.seeds:
         raise UserError("eval.seeds", "no seeds", "give at least one, e.g. [0, 1, 2]")
     _validate_protocol(cfg.eval)
@@ -334,6 +357,10 @@ def validate(cfg: Config) -> None:
         if bs < workers:
             raise UserError(f"{name}.batch_size", f"{bs} is less than ray.train_workers={workers}",
                             f"the batch is global, split over the workers: use at least {workers}")
+    t = cfg.ray.gpus_per_task
+    if t != "auto" and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
+        raise UserError("ray.gpus_per_task", f"expected a number >= 0 or auto, got {t!r}",
+                        "give e.g. 1 (one GPU per evaluation task), 0 on CPU, or auto")
     if cfg.ray.cpus_per_sampler < 0 or cfg.ray.gpus_per_sampler < 0:
         raise UserError("ray.gpus_per_sampler", "resources must be >= 0", "use 0 on CPU")
 

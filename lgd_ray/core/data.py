@@ -7,6 +7,7 @@ uint8 C×H×W images with int64 labels, and turns user mistakes into `UserError`
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import io
@@ -229,6 +230,13 @@ class ImageFolderSet(Dataset):
     def per_class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageFolderSet:
+        """The same folder restricted to `indices` (still decoded lazily)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        part = copy.copy(self)
+        part.paths, part.labels = [self.paths[i] for i in idx.tolist()], self.labels[idx]
+        return part
+
 
 def load_image_folder(root: str | os.PathLike, split: str | None, class_ids: Sequence[str],
                       image_size: int) -> ImageFolderSet:
@@ -444,3 +452,43 @@ def load_source(kind: str, root: str | None, split: str, class_ids: str | Sequen
 def load_split(data_cfg, split: str, class_ids: Sequence[str]) -> Dataset:
     """The configured real source's split (`data_cfg` is the config's `data` section)."""
     return load_source(data_cfg.name, data_cfg.root, split, class_ids, data_cfg.image_size)
+
+
+# --------------------------------------------------------------------------- train / select / test
+
+# The three parts every run reads. "train" and "select" are carved from `data.train_split`; "test" is
+# `data.val_split`, the split the field reports. Whatever chooses (θ_i's accuracy, ASHA, best.yaml,
+# calibration) reads "select"; only the final protocol reads "test".
+PARTS = ("train", "select", "test")
+SELECT_SEED = 7  # the carve's own seed: one selection split for every run seed, so trials compare alike
+
+
+def selection_split(labels: torch.Tensor | Sequence[int], fraction: float, num_classes: int) -> tuple[list[int], list[int]]:
+    """(train, select) indices of a train split: per class c, round(n_c · fraction) images (at least one,
+    and at least one left to train on) drawn by `np.random.default_rng([SELECT_SEED, c])`, so a class's
+    carve depends on its own images only. Both lists ascending."""
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu().numpy()
+    train: list[int] = []
+    select: list[int] = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 2:
+            raise UserError("data.select_fraction", f"class {c} has {len(idx)} training image(s): none to carve a "
+                            "selection split from", "add images (at least 2 per class)")
+        n = min(len(idx) - 1, max(1, round(len(idx) * fraction)))
+        chosen = np.random.default_rng([SELECT_SEED, c]).choice(idx, size=n, replace=False)
+        select += chosen.tolist()
+        train += np.setdiff1d(idx, chosen).tolist()
+    return sorted(train), sorted(select)
+
+
+def load_part(data_cfg, part: str, class_ids: Sequence[str]) -> Dataset:
+    """One of PARTS of the configured source: "train" = data.train_split less the selection split,
+    "select" = data.select_fraction of each class of data.train_split, "test" = data.val_split."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    if part == "test":
+        return load_split(data_cfg, data_cfg.val_split, class_ids)
+    full = load_split(data_cfg, data_cfg.train_split, class_ids)
+    train, select = selection_split(full.labels, data_cfg.select_fraction, len(class_ids))
+    return full.subset(train if part == "train" else select)

@@ -50,9 +50,13 @@ def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
         for e in OUTPUT_ENTRIES:
             out.delete(e)
     versions = {"lgd_ray": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    resumed = saved is not None and saved["hash"] == cfg.hash()
+    # the samplers' precision, recorded at the first sampling (check_precision), stays with the run
+    kept = {"precision": saved["precision"]} if resumed and saved.get("precision") else {}
     out.write_text("config.yaml", f"# config hash {cfg.hash()}\n" + dump_yaml(cfg))
-    out.write_text("config.json", json.dumps({"hash": cfg.hash(), "config": cfg.to_dict(), "versions": versions}, indent=1))
-    return saved is not None and saved["hash"] == cfg.hash()
+    out.write_text("config.json", json.dumps({"hash": cfg.hash(), "config": cfg.to_dict(), "versions": versions,
+                                              **kept}, indent=1))
+    return resumed
 
 
 def ensure_reference(cfg: Config, out: OutputDir, run: RunInfo, progress: bool = False) -> dict[str, torch.Tensor]:
@@ -71,20 +75,20 @@ def ensure_reference(cfg: Config, out: OutputDir, run: RunInfo, progress: bool =
                                         in_channels=run.in_channels, stages=None, init=None, seed=cfg.seed)
         out.write_bytes(rel, weights_bytes(state))
         out.append_jsonl("metrics.jsonl", {"event": "reference", **metrics, "wall_s": time.perf_counter() - t0})
-        log(progress, f"reference: val acc {metrics.get('val_acc', float('nan')):.3f}")
+        log(progress, f"reference: selection-split acc {metrics.get('select_acc', float('nan')):.3f}")
     return state
 
 
 def stage_settings(cfg: Config, stage: int) -> SampleSettings:
     d, g = cfg.distill, cfg.generator
     guided = stage > 0
-    use_gpu = cfg.ray.gpus_per_sampler > 0 and torch.cuda.is_available()
     return SampleSettings(
         run_seed=cfg.seed, num_steps=g.num_steps, cfg_scale=g.cfg_scale,
         lam=d.lam if guided else 0.0, omega=d.omega, gamma=d.gamma if guided else 0.0, k=d.k if guided else 1,
         window=tuple(d.window), batch_size=CPU_BATCH_SIZE if g.batch_size == "auto" else g.batch_size,
         auto_batch=g.batch_size == "auto", student_size=cfg.data.image_size,
-        autocast=g.dtype == "bf16" or (g.dtype == "auto" and use_gpu), vae_checkpointing=g.vae_checkpointing,
+        # `auto` is resolved by each sampler actor on its own device (sampler_actors.resolve_precision)
+        autocast=g.dtype == "bf16", vae_checkpointing=g.vae_checkpointing,
     )
 
 
@@ -157,6 +161,7 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
         t0 = time.perf_counter()
         try:
             sampler = pool.get()
+            check_precision(out, sampler.precision)
             parts.update(sampler.run_stage(stage, todo, s, params, student_state if stage > 0 else None, memory,
                                            on_part=lambda i, p: bar.update(1) if bar else None))
         finally:
@@ -168,8 +173,24 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
                                            "setup_s": wall - sampler.sampling_s, "chunks": len(todo),
                                            "samplers": cfg.ray.samplers})
     inputs = {"config_hash": cfg.hash(), "generator": cfg.generator.path,
-              "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None}
+              "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None,
+              "precision": (out.read_json("config.json") or {}).get("precision")}
     out.write_manifest(stage, [parts[i] for i in sorted(parts)], inputs)
+
+
+def check_precision(out: OutputDir, precision: dict[str, str]) -> dict[str, str]:
+    """Record the samplers' (device type, dtype) in config.json on first sampling; refuse to add parts of
+    another precision to a run (a resume on other hardware under `generator.dtype: auto`): bf16 and fp32
+    parts would otherwise mix under one config hash."""
+    saved = out.read_json("config.json")
+    recorded = saved.get("precision")
+    if recorded is None:
+        out.write_text("config.json", json.dumps({**saved, "precision": precision}, indent=1))
+    elif recorded != precision:
+        raise UserError("generator.dtype", f"{out.uri} was sampled in {recorded['dtype']} on {recorded['device']}, "
+                        f"but the samplers now run {precision['dtype']} on {precision['device']}",
+                        "resume on the same kind of device, or start another --out (or pass --overwrite)")
+    return precision
 
 
 class LazyPool:
@@ -213,7 +234,7 @@ def train_stage_student(cfg: Config, out: OutputDir, run: RunInfo, stage: int, i
         out.write_bytes(rel, weights_bytes(state))
         out.append_jsonl("metrics.jsonl", {"event": "student", "stage": stage, **metrics,
                                            "wall_s": time.perf_counter() - t0})
-        log(progress, f"{stage_name(stage)}: θ_{stage} val acc {metrics.get('val_acc', float('nan')):.3f}")
+        log(progress, f"{stage_name(stage)}: θ_{stage} selection-split acc {metrics.get('select_acc', float('nan')):.3f}")
     return state
 
 
@@ -222,7 +243,7 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
     """Run (or resume) LGD into `out_uri`; returns a summary. Assumes Ray is initialised.
 
     `on_stage(i, metrics)` is called right after θ_i is trained or loaded, with its `metrics.jsonl`
-    record (val_acc, ...); a sweep reports it to Tune.
+    record (select_acc, on the selection split, ...); a sweep reports it to Tune.
     """
     from .figures import write_previews
     from .sampler_actors import SamplerPool

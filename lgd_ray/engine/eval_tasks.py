@@ -62,21 +62,37 @@ def load_teacher(e: EvalConfig, class_ids: Sequence[str], image_size: int, in_ch
 
 
 def _device() -> str:
+    # Inside a task Ray hides every GPU it did not assign (CUDA_VISIBLE_DEVICES), so this is the task's own.
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def placement() -> dict:
+    """Where this task ran: the device torch used and the resources Ray assigned (recorded in every
+    report, so a CPU-only evaluation on a GPU cluster shows)."""
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    return {"device": _device(), "gpus": float(assigned.get("GPU", 0.0)), "cpus": float(assigned.get("CPU", 0.0))}
+
+
+def placements(results) -> dict:
+    """One summary of many tasks' `placement()`: the devices seen and the GPUs each task held."""
+    where = [r["placement"] for r in results]
+    return {"devices": sorted({w["device"] for w in where}), "gpus_per_task": sorted({w["gpus"] for w in where})}
 
 
 @ray.remote(num_cpus=1)
 def _seed_task(train_set: ImageSet, val_set: ImageSet, settings: EvalConfig, seed: int, num_classes: int,
                teacher: torch.nn.Module | None) -> dict:
     torch.set_num_threads(1)
-    return evaluate_seed(train_set, val_set, settings, seed, num_classes=num_classes, image_size=val_set.image_size,
-                         in_channels=val_set.in_channels, device=_device(), teacher=teacher)
+    return {**evaluate_seed(train_set, val_set, settings, seed, num_classes=num_classes, image_size=val_set.image_size,
+                            in_channels=val_set.in_channels, device=_device(), teacher=teacher),
+            "placement": placement()}
 
 
 def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *, teacher: torch.nn.Module | None = None,
                   progress: bool = True, gpus_per_task: float = 0.0) -> dict[str, dict]:
     """Train-from-scratch evaluation of every set over every seed, in parallel; summaries by set name.
-    The soft protocol's teacher is loaded here unless given (`load_teacher`)."""
+    The soft protocol's teacher is loaded here unless given (`load_teacher`). `gpus_per_task`: what each
+    seed's task asks Ray for (the config's `ray.task_gpus()`)."""
     if teacher is None:
         teacher = load_teacher(e, val_set.class_ids, val_set.image_size, val_set.in_channels)
     val_ref, teacher_ref = ray.put(val_set), ray.put(teacher)
@@ -91,7 +107,8 @@ def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *
         per[name].append(result)
     protocol = {"protocol": e.protocol, **({"temperature": e.temperature, "teacher": e.teacher}
                                            if e.protocol == "soft" else {})}
-    return {name: {**summarize(sorted(rs, key=lambda r: r["seed"])), **protocol} for name, rs in per.items()}
+    return {name: {**summarize(sorted(rs, key=lambda r: r["seed"])), **protocol, "placement": placements(rs)}
+            for name, rs in per.items()}
 
 
 def reference_fidelity(reference: torch.nn.Module, s: ImageSet, image_size: int) -> float:
@@ -123,8 +140,9 @@ def increment_task(increments: list[ImageSet], train_index: int, settings: EvalC
                     num_classes: int) -> dict:
     torch.set_num_threads(1)
     first = increments[0]
-    return train_on_increment_and_test(increments[train_index], increments, settings, seed, num_classes=num_classes,
-                                       image_size=first.image_size, in_channels=first.in_channels, device=_device())
+    return {**train_on_increment_and_test(increments[train_index], increments, settings, seed, num_classes=num_classes,
+                                          image_size=first.image_size, in_channels=first.in_channels, device=_device()),
+            "placement": placement()}
 
 
 @ray.remote(num_cpus=1)
@@ -134,4 +152,4 @@ def cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, se
                                 seed=seed, field="eval.arch")
     train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
-    return cartography(factory, data, train_settings, device=_device(), stage=stage)
+    return {**cartography(factory, data, train_settings, device=_device(), stage=stage), "placement": placement()}

@@ -18,6 +18,7 @@ import torch
 
 from ..core.batching import auto_batch_size
 from ..core.config import Config, from_dict
+from ..core.errors import UserError
 from ..core.generator import load_generator
 from ..core.sampler import SampleSettings, sample_items
 from ..core.students import build_student
@@ -27,6 +28,13 @@ from .store import OutputDir, StageParams
 
 def pick_device(gpus: float) -> torch.device:
     return torch.device("cuda") if gpus > 0 and torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(dtype: str, device: torch.device) -> dict[str, str]:
+    """What changes a part's bytes, decided where the model runs: `generator.dtype: auto` is bf16 autocast
+    on a GPU and fp32 elsewhere. A driver on a CPU-only head must not decide it for GPU actors."""
+    bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
+    return {"device": device.type, "dtype": "bf16" if bf16 else "fp32"}
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -43,6 +51,7 @@ class ChunkWorker:
         self.cfg: Config = from_dict(cfg)
         self.device = pick_device(self.cfg.ray.gpus_per_sampler)
         g = self.cfg.generator
+        self.precision = resolve_precision(g.dtype, self.device)
         self.gen = load_generator(g.path, device=self.device)
         self.gen.set_scheduler(g.scheduler, g.num_steps)
         self.out = OutputDir(out_uri)
@@ -68,8 +77,15 @@ class ChunkWorker:
         self.settings = self._sized(settings)
         return os.getpid()
 
+    def placement(self) -> dict:
+        """This actor's precision (device type, dtype) and process: the driver records and checks it."""
+        return {**self.precision, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()
+                if ray.is_initialized() else None}
+
     def _sized(self, s: SampleSettings) -> SampleSettings:
-        """`batch_size: auto`: probed on this device at each stage (two small guided steps); at most a chunk."""
+        """This device's settings: its autocast, and for `batch_size: auto` the batch probed here at each
+        stage (two small guided steps), at most a chunk."""
+        s = replace(s, autocast=self.precision["dtype"] == "bf16")
         if not s.auto_batch:
             return s
         cap = self.cfg.distill.chunk_size * s.k
@@ -96,6 +112,17 @@ class SamplerPool:
         self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads)
                        for _ in range(samplers)]
         self.sampling_s = 0.0  # the last run_stage's chunk loop, after the actors were ready for the stage
+        self.placements = ray.get([a.placement.remote() for a in self.actors])
+
+    @property
+    def precision(self) -> dict[str, str]:
+        """The one (device type, dtype) every actor resolved; actors that disagree would mix bytes."""
+        kinds = {(p["device"], p["dtype"]) for p in self.placements}
+        if len(kinds) > 1:
+            raise UserError("ray.gpus_per_sampler", f"sampler actors resolved different precisions {sorted(kinds)}",
+                            "give every sampler the same kind of device (a GPU each, or none), or fix generator.dtype")
+        device, dtype = kinds.pop()
+        return {"device": device, "dtype": dtype}
 
     def run_stage(self, stage: int, chunks: dict[int, list[WorkItem]], settings: SampleSettings, params: StageParams,
                   student_state: dict | None, memory: dict | None,

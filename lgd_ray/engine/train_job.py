@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from ..core.config import Config, from_dict
-from ..core.data import load_split
+from ..core.data import load_part
 from ..core.students import build_student
 from ..core.train import (
     TrainSettings,
@@ -39,11 +39,11 @@ def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: its shard of the set, batch_size // workers images a step."""
     cfg = from_dict(config["cfg"])
     class_ids = config["class_ids"]
-    if config["stages"] is None:
-        train_set = load_split(cfg.data, cfg.data.train_split, class_ids)
+    if config["stages"] is None:  # θ*: real train images, the selection split held out
+        train_set = load_part(cfg.data, "train", class_ids)
     else:
         train_set = OutputDir(config["out"]).read_stages(config["stages"], class_ids=class_ids).resized(cfg.data.image_size)
-    val_set = load_split(cfg.data, cfg.data.val_split, class_ids)
+    select_set = load_part(cfg.data, "select", class_ids)  # θ's accuracy chooses (ASHA): never the test split
     role = config["role"]
     section = cfg.reference if role == "reference" else cfg.student
     device = ray.train.torch.get_device()
@@ -60,8 +60,8 @@ def _train_loop(config: dict) -> None:
     train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False)
     loop_s = time.perf_counter() - t0  # the part that scales with epochs × images (`lgd-ray plan` fits it)
     net = model.module if hasattr(model, "module") else model
-    acc, loss = evaluate_accuracy(net, val_set, device=device)
-    metrics = {"val_acc": acc, "val_loss": loss, "train_images": len(train_set),
+    acc, loss = evaluate_accuracy(net, select_set, device=device)
+    metrics = {"select_acc": acc, "select_loss": loss, "train_images": len(train_set),
                "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:

@@ -77,7 +77,7 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     best = best_row(rows, sweep.stages)
     md = [f"# Sweep ({len(rows)} trials, {sweep.stages} stages, ASHA grace {sweep.grace_period}, "
           f"reduction {sweep.reduction_factor})", "",
-          "Accuracy = validation accuracy of the student θ_{s-1} trained on stages 0..s-1 (stage s reported after it).", "",
+          "Accuracy = selection-split accuracy (carved from train; never the test split) of the student θ_{s-1} trained on stages 0..s-1 (stage s reported after it).", "",
           "| trial | " + " | ".join(keys) + " | " + " | ".join(f"stage {s}" for s in range(1, sweep.stages + 1))
           + " | final | status |",
           "|" + "---|" * (len(keys) + sweep.stages + 3)]
@@ -88,7 +88,7 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
         md.append("| " + " | ".join(cells) + " |")
     if best is not None:
         md += ["", f"Best: {best['trial_id']} ({', '.join(f'{k}={_fmt(v)}' for k, v in best['params'].items())}), "
-               f"accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
+               f"selection-split accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
     Path(out, "trials.md").write_text("\n".join(md) + "\n")
 
     if best is not None:
@@ -101,7 +101,7 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return {"out": out, "trials": len(rows), "status": counts,
             "best": None if best is None else {"trial_id": best["trial_id"], "params": best["params"],
-                                               "val_acc": best["final_acc"], "stage": best["stages_done"]}}
+                                               "select_acc": best["final_acc"], "stage": best["stages_done"]}}
 
 
 def plot_sweep(out: str, rows: list[dict]) -> None:
@@ -134,5 +134,5 @@ def plot_sweep(out: str, rows: list[dict]) -> None:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow decade
         ax.legend(fontsize=8)
-    ax.set(title="LGD sweep: accuracy at the last reported stage", xlabel="λ (distill.lam)", ylabel="val acc %")
+    ax.set(title="LGD sweep: accuracy at the last reported stage", xlabel="λ (distill.lam)", ylabel="selection-split acc %")
     Path(out, "sweep.png").write_bytes(png_bytes(fig))

@@ -62,7 +62,7 @@ class Sweep:
     space: list[Param]
     num_samples: int = 4
     search: str = "random"
-    metric: str = "val_acc"
+    metric: str = "select_acc"  # θ_i's accuracy on the selection split (never the test split)
     grace_period: int = 2
     reduction_factor: int = 2
     seed: int = 0
@@ -185,9 +185,10 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     if search not in SEARCHERS:
         raise UserError("search", f"unknown searcher {search!r}",
                         "use random or optuna (Optuna's TPE through Ray Tune's OptunaSearch)")
-    metric = tree.get("metric", "val_acc")
-    if metric != "val_acc":
-        raise UserError("metric", f"unknown metric {metric!r}", "use val_acc (the student's validation accuracy per stage)")
+    metric = tree.get("metric", "select_acc")
+    if metric != "select_acc":
+        raise UserError("metric", f"unknown metric {metric!r}",
+                        "use select_acc (the student's accuracy per stage on the selection split carved from train)")
     asha = tree.get("asha") or {}
     if not isinstance(asha, dict):
         raise UserError("asha", "expected a mapping", "e.g. asha: {grace_period: 1, reduction_factor: 2}")

@@ -2,7 +2,7 @@
 trainable, the resources a trial holds, and the sweep driver (its file is parsed by tune/spec.py).
 
 Each trial is a full `distill` of the base config with the trial's parameters applied, written into
-`<out>/trials/<trial_id>/`; after every stage the student's validation accuracy is reported to Tune
+`<out>/trials/<trial_id>/`; after every stage the student's selection-split accuracy (select_acc) is reported to Tune
 (`stage` = i + 1 after θ_i), so ASHA stops poor trials after one or two stages.
 
 Resources follow Ray's pattern for Ray Train V2 inside Tune: the trial is a light driver, and what it
@@ -115,8 +115,8 @@ def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: 
     def report_new() -> None:
         nonlocal seen
         for i, m in ray.get(runner.take.remote(seen)):
-            tune.report({"stage": i + 1, metric: float(m.get("val_acc", float("nan"))),
-                         "val_loss": float(m.get("val_loss", float("nan")))})
+            tune.report({"stage": i + 1, metric: float(m.get("select_acc", float("nan"))),
+                         "select_loss": float(m.get("select_loss", float("nan")))})
             seen += 1
 
     while not ray.wait([done], timeout=0.5)[0]:
