@@ -207,3 +207,33 @@ def test_precision_is_recorded_and_a_resume_on_other_hardware_is_refused(baselin
         distill(load_config(None, tiny_overrides(tiny_generator_dir, reference_file)), str(run), progress=False)
     assert "bf16 on cuda" in str(e.value) and "fp32 on cpu" in str(e.value)
     assert {p: p.read_bytes() for p in (run / "stage=001").iterdir()} == before and not first.exists()
+
+
+def test_evaluation_tasks_ask_for_the_gpus_configured(baseline, tmp_path):
+    """On a cluster with (declared) GPUs, `ray.gpus_per_task` gives every evaluate, redundancy and cartography
+    task a GPU: the reports record what Ray assigned to each task. Its own Ray instance, one declared GPU."""
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    code = f"""
+import json, ray
+ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+         object_store_memory=128 * 1024 * 1024, configure_logging=False)
+from lgd_ray.cli import main
+run = {str(run)!r}
+assert main(["evaluate", run, "eval.epochs=1", "eval.seeds=[0]", "ray.gpus_per_task=1", "--quiet"]) == 0
+assert main(["redundancy", run, "--epochs", "1", "--seeds", "0", "--gpus-per-task", "1", "--quiet"]) == 0
+assert main(["cartography", run, "--epochs", "1", "--gpus-per-task", "0.5", "--quiet"]) == 0
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "RAY_ADDRESS": ""}, timeout=600)
+    evaluation = next(iter(json.loads((run / "evaluation.json").read_text())["results"].values()))
+    assert evaluation["placement"] == {"devices": ["cpu"], "gpus_per_task": [1.0]}  # torch sees none; Ray gave one
+    assert json.loads((run / "redundancy.json").read_text())["placement"]["gpus_per_task"] == [1.0]
+    assert json.loads((run / "cartography.json").read_text())["placement"]["gpus_per_task"] == [0.5]
+
+
+def test_gpus_per_task_follows_the_train_workers_by_default():
+    assert load_config(None, []).ray.task_gpus() == 0.0
+    assert load_config(None, ["ray.gpus_per_train_worker=1"]).ray.task_gpus() == 1.0
+    assert load_config(None, ["ray.gpus_per_train_worker=1", "ray.gpus_per_task=0"]).ray.task_gpus() == 0.0
+    with pytest.raises(UserError, match="ray.gpus_per_task"):
+        load_config(None, ["ray.gpus_per_task=-1"])
