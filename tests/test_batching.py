@@ -111,3 +111,27 @@ def test_the_worker_decides_precision_on_its_own_device(tiny_generator_dir, tmp_
     assert worker.placement()["dtype"] == "fp32" and not worker.settings.autocast
     bf16 = load_config(None, [f"generator.path={tiny_generator_dir}", "generator.dtype=bf16"])
     assert stage_settings(bf16, 1).autocast
+
+
+def test_a_fixed_batch_that_cannot_fit_is_refused_with_the_batch_that_would():
+    from lgd_ray.core.batching import check_fixed_batch
+
+    # DiT-XL/2 + sd-vae-ft-mse in bf16 (README): 948 MiB fixed, 1,718 MiB per image; an A100-40GB has ~39 GiB free
+    mib = 2**20
+    check_fixed_batch(12, 39 * GIB, 948 * mib, 1718 * mib, k=3, cap=24)  # 12 images fit
+    with pytest.raises(UserError, match=r"generator.batch_size: 24 images need about 41.\d GiB .*at most 18"):
+        check_fixed_batch(24, 39 * GIB, 948 * mib, 1718 * mib, k=3, cap=24)
+
+
+def test_a_user_error_inside_an_actor_reaches_the_driver_as_one_line(ray_session):
+    import ray
+
+    from lgd_ray.engine.sampler_actors import user_errors
+
+    @ray.remote
+    def refuse():
+        raise UserError("generator.batch_size", "too large", "use auto")
+
+    with pytest.raises(UserError) as e:
+        user_errors(lambda: ray.get(refuse.remote()))
+    assert str(e.value) == "generator.batch_size: too large (use auto)"

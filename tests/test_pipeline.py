@@ -33,6 +33,11 @@ def rows(out: str) -> dict[tuple[int, int, int], bytes]:
     return found
 
 
+def sample_events(out: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line).get("event") == "sample"]
+
+
 def expected_keys() -> set[tuple[int, int, int]]:
     return {(s, c, 0) for s in (0, 1) for c in range(10)}
 
@@ -69,6 +74,10 @@ def test_two_samplers_write_identical_bytes(baseline, tiny_generator_dir, refere
     assert rows(str(tmp_path / "two")) == rows(baseline)
     for stage in (0, 1):  # whole part files too, not only the pixels
         assert OutputDir(str(tmp_path / "two")).manifest(stage)["parts"] == OutputDir(baseline).manifest(stage)["parts"]
+    # 2 samplers + 1 Train worker exceed 2 CPUs: the actors were closed for training and started anew;
+    # the baseline's one sampler fits beside the Train worker and lived through both stages
+    assert len({tuple(a["pid"] for a in e["actors"]) for e in sample_events(str(tmp_path / "two"))}) == 2
+    assert len({tuple(a["pid"] for a in e["actors"]) for e in sample_events(baseline)}) == 1
 
 
 def test_rerun_resumes_and_other_config_is_refused(baseline, tiny_generator_dir, reference_file, tmp_path):
@@ -237,3 +246,15 @@ def test_gpus_per_task_follows_the_train_workers_by_default():
     assert load_config(None, ["ray.gpus_per_train_worker=1", "ray.gpus_per_task=0"]).ray.task_gpus() == 0.0
     with pytest.raises(UserError, match="ray.gpus_per_task"):
         load_config(None, ["ray.gpus_per_task=-1"])
+
+
+def test_samplers_live_across_stages_when_the_cluster_holds_training_beside_them():
+    from lgd_ray.engine.distill import samplers_fit_beside_training
+
+    paper = load_config(None, ["ray.samplers=64", "ray.gpus_per_sampler=1", "ray.train_workers=8",
+                               "ray.gpus_per_train_worker=1"])
+    assert samplers_fit_beside_training(paper, {"CPU": 8 * 96.0, "GPU": 72.0})
+    assert not samplers_fit_beside_training(paper, {"CPU": 8 * 96.0, "GPU": 64.0})  # training needs their GPUs
+    laptop = load_config(None, ["ray.samplers=2"])
+    assert not samplers_fit_beside_training(laptop, {"CPU": 2.0})
+    assert samplers_fit_beside_training(load_config(None, ["ray.samplers=1"]), {"CPU": 2.0})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .generator import Generator
 from .sampler import (
     SampleSettings,
@@ -76,6 +77,27 @@ def free_cuda_bytes() -> int:
     """Free device memory plus what PyTorch's caching allocator holds unused (it is ours to reuse)."""
     free, _ = torch.cuda.mem_get_info()
     return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+
+
+def check_fixed_batch(batch: int, free_bytes: int, fixed_bytes: int, per_image_bytes: int, k: int, cap: int,
+                      safety_fraction: float = SAFETY_FRACTION) -> None:
+    """Refuse a fixed `generator.batch_size` that the measured model (fixed + per image × b within the free
+    memory less the safety margin) says cannot fit: one line with the batch that would, before any chunk."""
+    need = fixed_bytes + per_image_bytes * batch
+    if need > free_bytes * (1 - safety_fraction):
+        fits = max_batch(free_bytes, fixed_bytes, per_image_bytes, k, cap, safety_fraction)
+        gib = 2**30
+        raise UserError("generator.batch_size", f"{batch} images need about {need / gib:.1f} GiB per guided step, "
+                        f"the GPU has {free_bytes / gib:.1f} GiB free", f"use auto, or at most {fits}")
+
+
+def fixed_batch_fits(gen: Generator, s: SampleSettings, cap: int, student=None, reference=None) -> None:
+    """On CUDA, measure (two probe steps, as `auto` does) and refuse a fixed batch that does not fit."""
+    if gen.device.type != "cuda":
+        return
+    probe = (s.k, 2 * s.k) if 2 * s.k <= cap else (1, 2)
+    fixed, per_image = probe_step_bytes(gen, s, student, reference, probe)
+    check_fixed_batch(s.batch_size, free_cuda_bytes(), fixed, per_image, s.k, cap)
 
 
 def auto_batch_size(gen: Generator, s: SampleSettings, cap: int, student=None, reference=None) -> int:

@@ -171,7 +171,7 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
         wall = time.perf_counter() - t0
         out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": stage, "wall_s": wall,
                                            "setup_s": wall - sampler.sampling_s, "chunks": len(todo),
-                                           "samplers": cfg.ray.samplers})
+                                           "samplers": cfg.ray.samplers, "actors": sampler.placements})
     inputs = {"config_hash": cfg.hash(), "generator": cfg.generator.path,
               "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None,
               "precision": (out.read_json("config.json") or {}).get("precision")}
@@ -238,12 +238,24 @@ def train_stage_student(cfg: Config, out: OutputDir, run: RunInfo, stage: int, i
     return state
 
 
+def samplers_fit_beside_training(cfg: Config, cluster: dict[str, float]) -> bool:
+    """Whether the cluster holds the sampler actors and the Ray Train workers at once. Then the actors
+    live across stages (64 sampler GPUs need not reload a 2.7 GB generator at every stage); otherwise
+    they are closed before each training phase, whose resources they would hold (2 CPUs: a deadlock)."""
+    r = cfg.ray
+    need_cpu = r.samplers * r.cpus_per_sampler + r.train_workers * 1.0
+    need_gpu = r.samplers * r.gpus_per_sampler + r.train_workers * r.gpus_per_train_worker
+    return need_cpu <= cluster.get("CPU", 0.0) + 1e-9 and need_gpu <= cluster.get("GPU", 0.0) + 1e-9
+
+
 def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bool = True,
-            on_stage: Callable[[int, dict], None] | None = None) -> dict:
+            on_stage: Callable[[int, dict], None] | None = None, keep_samplers: bool | None = None) -> dict:
     """Run (or resume) LGD into `out_uri`; returns a summary. Assumes Ray is initialised.
 
     `on_stage(i, metrics)` is called right after θ_i is trained or loaded, with its `metrics.jsonl`
-    record (select_acc, on the selection split, ...); a sweep reports it to Tune.
+    record (select_acc, on the selection split, ...); a sweep reports it to Tune. `keep_samplers`: keep
+    the sampler actors alive through training (None: when `samplers_fit_beside_training`; a sweep
+    passes False, its trial cap counts one phase at a time).
     """
     from .figures import write_previews
     from .sampler_actors import SamplerPool
@@ -257,6 +269,10 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
                                         samplers=cfg.ray.samplers, cpus=cfg.ray.cpus_per_sampler,
                                         gpus=cfg.ray.gpus_per_sampler))
     student = None
+    if keep_samplers is None:
+        import ray
+
+        keep_samplers = samplers_fit_beside_training(cfg, ray.cluster_resources())
     try:
         for stage in range(cfg.distill.stages + 1):
             if out.manifest(stage) is None or out.verify_stage(stage):
@@ -264,7 +280,8 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
             else:
                 log(progress, f"{stage_name(stage)}: complete, kept")
             if guided and stage < cfg.distill.stages:
-                pool.close()  # its CPUs/GPUs go to Ray Train while the student trains
+                if not keep_samplers:
+                    pool.close()  # its CPUs/GPUs go to Ray Train while the student trains
                 student = train_stage_student(cfg, out, run, stage, student, progress)
                 if on_stage is not None:  # this stage's metrics.jsonl record (the latest one)
                     records = [json.loads(line) for line in out.read_bytes("metrics.jsonl").decode().splitlines()

@@ -16,7 +16,7 @@ from dataclasses import replace
 import ray
 import torch
 
-from ..core.batching import auto_batch_size
+from ..core.batching import auto_batch_size, fixed_batch_fits
 from ..core.config import Config, from_dict
 from ..core.errors import UserError
 from ..core.generator import load_generator
@@ -86,7 +86,9 @@ class ChunkWorker:
         """This device's settings: its autocast, and for `batch_size: auto` the batch probed here at each
         stage (two small guided steps), at most a chunk."""
         s = replace(s, autocast=self.precision["dtype"] == "bf16")
-        if not s.auto_batch:
+        if not s.auto_batch:  # a fixed batch that cannot fit this GPU is refused before the first chunk
+            fixed_batch_fits(self.gen, s, max(s.batch_size, self.cfg.distill.chunk_size * s.k), self.student,
+                             self.reference)
             return s
         cap = self.cfg.distill.chunk_size * s.k
         batch = auto_batch_size(self.gen, s, cap, self.student, self.reference)
@@ -101,6 +103,22 @@ class ChunkWorker:
 SamplerActor = ray.remote(ChunkWorker)
 
 
+def user_errors(fn: Callable):
+    """fn(), with a UserError raised inside an actor re-raised as itself (one line, exit 2), not as the
+    multi-line RayTaskError that wraps it."""
+    try:
+        return fn()
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):
+            raise e.cause from None
+        raise
+    except ray.exceptions.RayActorError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):  # the actor's __init__ refused its inputs
+            raise cause from None
+        raise
+
+
 class SamplerPool:
     depth = 2
 
@@ -112,7 +130,7 @@ class SamplerPool:
         self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads)
                        for _ in range(samplers)]
         self.sampling_s = 0.0  # the last run_stage's chunk loop, after the actors were ready for the stage
-        self.placements = ray.get([a.placement.remote() for a in self.actors])
+        self.placements = user_errors(lambda: ray.get([a.placement.remote() for a in self.actors]))
 
     @property
     def precision(self) -> dict[str, str]:
@@ -129,7 +147,7 @@ class SamplerPool:
                   on_part: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
         """Sample the given chunks (index -> items); returns index -> part info. Order-free, deterministic."""
         student_ref, memory_ref = ray.put(student_state), ray.put(memory)
-        ray.get([a.set_stage.remote(settings, params, student_ref, memory_ref) for a in self.actors])
+        user_errors(lambda: ray.get([a.set_stage.remote(settings, params, student_ref, memory_ref) for a in self.actors]))
         t0 = time.perf_counter()
         todo = sorted(chunks)
         pending: dict = {}

@@ -92,7 +92,9 @@ class _DistillRunner:
         from ..engine.distill import distill
 
         os.chdir(cwd)  # config paths are relative to the caller's folder
-        return distill(from_dict(cfg_dict), out, progress=False, on_stage=lambda i, m: self.reports.append((i, m)))
+        # one phase at a time (the trial cap counts on it): the samplers close before every training
+        return distill(from_dict(cfg_dict), out, progress=False, on_stage=lambda i, m: self.reports.append((i, m)),
+                       keep_samplers=False)
 
     def take(self, start: int) -> list[tuple[int, dict]]:
         return self.reports[start:]
