@@ -189,8 +189,8 @@ def test_best_yaml_reproduces_the_trial(swept, tmp_path):
     last = max(r["stage"] for r in recs if r["event"] == "student")
     assert last + 1 == summary["best"]["stage"]
     assert next(r["select_acc"] for r in recs if r["event"] == "student" and r["stage"] == last) == summary["best"]["select_acc"]
-    assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("stage=*")} == \
-        {p.name for p in rerun.glob("stage=*")}
+    assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("data/stage=*")} == \
+        {p.name for p in rerun.glob("data/stage=*")}
 
 
 def test_resume_keeps_finished_trials(swept, tiny_sweep):
@@ -243,7 +243,7 @@ def test_killed_sweep_resumes(ray_session, swept, tiny_generator_dir, reference_
         proc.wait()
     (trial,) = trials
     assert 2 not in students(trial)
-    kept = {p: p.stat().st_mtime_ns for p in [*trial.glob("stage=000/*"), *trial.glob("stage=001/*")]}
+    kept = {p: p.stat().st_mtime_ns for p in [*trial.glob("data/stage=000/*"), *trial.glob("data/stage=001/*")]}
     assert kept
 
     again = run_sweep(load_sweep(sweep_file, overrides), str(out), progress=False)
@@ -257,3 +257,38 @@ def test_killed_sweep_resumes(ray_session, swept, tiny_generator_dir, reference_
 
     (resumed,) = table(out)
     assert resumed in table(swept[0])
+
+
+def test_concurrency_from_the_sweep_file_for_clusters_that_start_empty(tmp_path):
+    """An autoscaling cluster starts with no GPU workers: counting today's resources would refuse the sweep;
+    `max_concurrent` in the file caps trials instead, and the trials wait for the nodes the autoscaler adds."""
+    tree = {"base": "jobs/demo.yaml", "space": {"distill.lam": {"uniform": [0.05, 0.2]}}, "num_samples": 6}
+    gpu = ["ray.gpus_per_sampler=1", "ray.gpus_per_train_worker=1"]
+    assert parse_sweep(tree, gpu).max_concurrent is None
+    with pytest.raises(UserError, match="max_concurrent"):  # the refusal says how to run it on such a cluster
+        max_concurrent(parse_sweep(tree, gpu).base, {"CPU": 4.0}, 6)
+    assert parse_sweep({**tree, "max_concurrent": 3}, gpu).max_concurrent == 3
+    with pytest.raises(UserError, match="max_concurrent"):
+        parse_sweep({**tree, "max_concurrent": 0})
+
+
+def test_trial_paths_resolve_without_changing_folder(tmp_path, monkeypatch):
+    """The trial's runner may sit on another node: it never chdirs into the driver's folder. A relative
+    path that exists where it runs (a job's working_dir) stays; one found only under the driver's folder
+    (a local run) becomes absolute; hub ids, builtin: and URLs are left alone."""
+    from lgd_ray.core.config import Config
+    from lgd_ray.tune.trainable import localize_paths
+
+    driver = tmp_path / "driver"
+    (driver / "gens" / "g").mkdir(parents=True)
+    here = tmp_path / "worker"
+    (here / "data").mkdir(parents=True)
+    monkeypatch.chdir(here)
+    cfg = Config().to_dict()
+    cfg["generator"]["path"], cfg["data"]["root"] = "gens/g", "data"
+    cfg["reference"]["path"], cfg["eval"]["teacher"] = "s3://bucket/ref.safetensors", "timm:resnet18"
+    got = localize_paths(cfg, str(driver))
+    assert got["generator"]["path"] == str(driver / "gens" / "g") and got["data"]["root"] == "data"
+    assert got["reference"]["path"] == "s3://bucket/ref.safetensors" and got["eval"]["teacher"] == "timm:resnet18"
+    assert cfg["generator"]["path"] == "gens/g"  # the caller's dict is not changed
+    assert os.getcwd() == str(here)

@@ -68,6 +68,9 @@ class Sweep:
     seed: int = 0
     source: str = ""
     base_dict: dict = field(default_factory=dict)
+    # trials in flight; None = as many peaks as the cluster holds now (an autoscaling cluster that starts
+    # with no GPU workers needs it: trials then wait for the nodes the autoscaler adds)
+    max_concurrent: int | None = None
 
     @property
     def stages(self) -> int:
@@ -163,7 +166,7 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     """A sweep mapping (see jobs/sweep_demo.yaml) → Sweep; every mistake is a one-line UserError."""
     if not isinstance(tree, dict):
         raise UserError("sweep", f"{source} must be a mapping", "see jobs/sweep_demo.yaml")
-    known = {"base", "overrides", "space", "search", "num_samples", "metric", "asha", "seed"}
+    known = {"base", "overrides", "space", "search", "num_samples", "metric", "asha", "seed", "max_concurrent"}
     for k in tree:
         if k not in known:
             raise UserError(str(k), "unknown sweep field", f"use {', '.join(sorted(known))}")
@@ -205,8 +208,10 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     seed = tree.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserError("seed", f"expected an integer, got {seed!r}", "e.g. seed: 0")
+    cap = _int_field(tree, "max_concurrent", 1) if tree.get("max_concurrent") is not None else None
     return Sweep(base=base, space=space, num_samples=_int_field(tree, "num_samples", 4), search=search, metric=metric,
-                 grace_period=grace, reduction_factor=rf, seed=seed, source=source, base_dict=base.to_dict())
+                 grace_period=grace, reduction_factor=rf, seed=seed, source=source, base_dict=base.to_dict(),
+                 max_concurrent=cap)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:

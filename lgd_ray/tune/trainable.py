@@ -71,8 +71,9 @@ def max_concurrent(cfg: Config, cluster: dict, num_samples: int) -> int:
         n = math.floor(have / need + 1e-9)
         if n < 1:
             key = "ray.gpus_per_sampler" if k == "GPU" else "ray.samplers"
-            raise UserError(key, f"one trial needs {need:g} {k} at its peak but the cluster has {have:g}",
-                            "use fewer sampler actors / train workers per trial or a larger cluster")
+            raise UserError(key, f"one trial needs {need:g} {k} at its peak but the cluster has {have:g} now",
+                            "use fewer sampler actors / train workers per trial or a larger cluster; on an "
+                            "autoscaling cluster set max_concurrent in the sweep file")
         fits.append(n)
     return max(1, min([num_samples, *fits]))
 
@@ -91,13 +92,32 @@ class _DistillRunner:
     def run(self, cfg_dict: dict, out: str, cwd: str) -> dict:
         from ..engine.distill import distill
 
-        os.chdir(cwd)  # config paths are relative to the caller's folder
+        cfg_dict = localize_paths(cfg_dict, cwd)
         # one phase at a time (the trial cap counts on it): the samplers close before every training
         return distill(from_dict(cfg_dict), out, progress=False, on_stage=lambda i, m: self.reports.append((i, m)),
                        keep_samplers=False)
 
     def take(self, start: int) -> list[tuple[int, dict]]:
         return self.reports[start:]
+
+
+PATH_KEYS = ("data.root", "generator.path", "reference.path", "distill.seed_source", "eval.teacher")
+
+
+def localize_paths(cfg_dict: dict, driver_cwd: str) -> dict:
+    """The config's relative paths as this process can open them, without changing its folder: a path
+    that exists here (a job's working_dir copy on this node) stays; one that exists only under the
+    driver's folder (a local run, same machine) is made absolute; anything else is left for the run
+    to report (one line)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg_dict.items()}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = out[section].get(name)
+        if not isinstance(value, str) or not value or os.path.isabs(value) or ":" in value.split("/")[0]:
+            continue  # empty, absolute, builtin:/timm:/s3:// ...
+        if not os.path.exists(value) and os.path.exists(os.path.join(driver_cwd, value)):
+            out[section][name] = os.path.join(driver_cwd, value)
+    return out
 
 
 def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: str, metric: str) -> None:
@@ -160,7 +180,8 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     if restored:
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        concurrent = max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples)
+        concurrent = (min(sweep.max_concurrent, sweep.num_samples) if sweep.max_concurrent is not None
+                      else max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples))
         # max_t past the last report: a trial that survives the last rung ends by itself, after it has
         # sampled its final increment (at max_t ASHA would stop it right after θ_{K-1}'s report)
         scheduler = ASHAScheduler(time_attr="stage", grace_period=sweep.grace_period,
