@@ -5,7 +5,11 @@ One directory layout for everything, the diffusers pipeline layout that `faceboo
 with what diffusers does not save (class ids, provenance). Conventions, fixed here once:
 - The null class for classifier-free guidance is index `num_classes` (DiT's 1000).
 - A denoiser with twice the input channels predicts a learned variance (DiT's learned sigma); the
-  ε half is guided, the σ half goes to the scheduler untouched when it uses it.
+  ε half is guided, the σ half (DiT's v) goes to the scheduler untouched when it uses it.
+- The sampling convention (`generator.convention`): `dit` samples as DiT, IGD and Minimax do, with
+  DDPM's learned-range variance from v and CFG on ε channels :3 only (DiT's `forward_with_cfg`);
+  `diffusers` takes the variance from the model's scheduler config and applies CFG to every ε
+  channel. `auto`: `dit` for a DiT whose σ half was trained, `diffusers` for everything else.
 - Pixel-space models work on images in [-1, 1]; latent models decode `z / latent_scale` (0.18215).
 - `clip_sample` is always off: clipping x̂0 inside the scheduler removes the guidance term from x̂0
   while ε keeps it, which flips the net effect of guidance (see FINDINGS in the docs).
@@ -31,6 +35,10 @@ from .errors import UserError
 
 META_FILE = "lgd_ray.json"
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets"
+CONVENTIONS = ("auto", "dit", "diffusers")  # generator.convention (config.py validates the same names)
+# DiT's forward_with_cfg guides ε channels :3 of its 4 latent channels "for exact reproducibility" of
+# its paper; channel 3 and the σ half come from the conditional pass.
+DIT_CFG_CHANNELS = 3
 
 
 @dataclass
@@ -41,11 +49,18 @@ class GeneratorInfo:
     class_ids: list[str]  # generator class index -> class id (e.g. a WordNet id)
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: data hash, training config
 
+    @property
+    def sigma_trained(self) -> bool:
+        """False for a model trained by this project: train_generator.py fits only the ε half (MSE),
+        so its σ channels are untrained outputs, never a variance to sample with."""
+        return "train" not in self.extra
+
 
 class Generator:
     """ε prediction with CFG, x̂0, one scheduler step and decoding, for any denoiser + optional VAE."""
 
-    def __init__(self, denoiser: torch.nn.Module, scheduler, info: GeneratorInfo, vae: AutoencoderKL | None = None):
+    def __init__(self, denoiser: torch.nn.Module, scheduler, info: GeneratorInfo, vae: AutoencoderKL | None = None,
+                 convention: str = "auto"):
         self.denoiser = denoiser.eval().requires_grad_(False)
         self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.scheduler = scheduler
@@ -55,6 +70,9 @@ class Generator:
         self.learned_sigma = int(getattr(cfg, "out_channels", None) or self.in_channels) == 2 * self.in_channels
         self.sample_size = int(cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
         self.latent_scale = float(vae.config.scaling_factor) if vae is not None else 1.0
+        # the model's own DDPM variance (a DDIM config has none: DDPM's default), for `diffusers`
+        self._own_variance = str(scheduler.config.get("variance_type") or "fixed_small")
+        self.set_convention(convention)
 
     # --- shapes and classes -------------------------------------------------------------------
     @property
@@ -90,14 +108,49 @@ class Generator:
         return self
 
     # --- the math ----------------------------------------------------------------------------
+    def set_convention(self, convention: str) -> None:
+        """Choose how DDPM's variance and CFG are formed (module docstring); `auto` resolves here.
+
+        Sets `convention` (`dit` or `diffusers`) and `cfg_channels` (the leading ε channels CFG
+        combines), and rebuilds a DDPM scheduler with the convention's variance, same timesteps.
+        """
+        if convention not in CONVENTIONS:
+            raise UserError("generator.convention", f"unknown convention {convention!r}",
+                            f"choose one of: {', '.join(CONVENTIONS)}")
+        if convention == "auto":
+            dit = isinstance(self.denoiser, DiTTransformer2DModel) and self.learned_sigma and self.info.sigma_trained
+            convention = "dit" if dit else "diffusers"
+        if convention == "dit" and not self.learned_sigma:
+            raise UserError("generator.convention", "dit needs a denoiser that predicts a learned variance "
+                            f"({2 * self.in_channels} output channels, this one has {self.in_channels})",
+                            "use generator.convention=diffusers (or auto)")
+        self.convention = convention
+        # a DiT of fewer than 3 channels (the pixel-space test models) guides all of its ε channels
+        self.cfg_channels = min(DIT_CFG_CHANNELS, self.in_channels) if convention == "dit" else self.in_channels
+        if isinstance(self.scheduler, DDPMScheduler) and self.scheduler.config.variance_type != self._variance():
+            steps = self.scheduler.num_inference_steps
+            self.scheduler = DDPMScheduler.from_config(self.scheduler.config, variance_type=self._variance())
+            if steps:
+                self.scheduler.set_timesteps(steps)
+
+    def _variance(self) -> str:
+        """DDPM's variance_type under this convention: DiT's learned range, or the model's own."""
+        return "learned_range" if self.convention == "dit" else self._own_variance
+
     def set_scheduler(self, kind: str, num_steps: int) -> None:
         """Swap in DDIM or DDPM (from the model's own scheduler config) with `num_steps` steps."""
         cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[kind]
-        self.scheduler = cls.from_config(self.scheduler.config, clip_sample=False)
+        # DDIM (η = 0) adds no noise: its variance is never used, so only DDPM takes the convention's
+        extra = {"variance_type": self._variance()} if cls is DDPMScheduler else {}
+        self.scheduler = cls.from_config(self.scheduler.config, clip_sample=False, **extra)
         self.scheduler.set_timesteps(num_steps)
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor, cfg_scale: float = 1.0) -> torch.Tensor:
-        """Raw denoiser output with CFG applied to the ε channels (σ channels: conditional)."""
+        """Raw denoiser output with CFG on ε channels :cfg_channels; the rest (σ too) is conditional.
+
+        As DiT's `forward_with_cfg` does when `cfg_channels` is 3: the other channels are taken from
+        the conditional pass, not combined.
+        """
         n = x_t.shape[0]
         t_batch = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(n if cfg_scale == 1.0 else 2 * n)
         if cfg_scale == 1.0:
@@ -105,9 +158,9 @@ class Generator:
         null = torch.full_like(y, self.null_class)
         out = self._forward(torch.cat([x_t, x_t]), t_batch, torch.cat([y, null]))
         cond, uncond = out[:n], out[n:]
-        c = self.in_channels
-        eps = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])
-        return torch.cat([eps, cond[:, c:]], dim=1)
+        k = self.cfg_channels
+        eps = uncond[:, :k] + cfg_scale * (cond[:, :k] - uncond[:, :k])
+        return torch.cat([eps, cond[:, k:]], dim=1)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         out = self.denoiser(x, t, class_labels=y, return_dict=False)[0]
@@ -128,11 +181,17 @@ class Generator:
 
     def step(self, eps: torch.Tensor, sigma: torch.Tensor | None, t: int | torch.Tensor, x_t: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:
-        """One scheduler step; DDPM noise comes from the per-sample generators (seed rule)."""
+        """One scheduler step; DDPM noise comes from the per-sample generators (seed rule).
+
+        Under learned range the σ half (v, unguided) sets the variance and the guided ε the mean:
+        log σ_t² = (v+1)/2 · log β_t + (1 − (v+1)/2) · log β̃_t, as DiT's p_mean_variance.
+        """
         out = eps
-        if sigma is not None and getattr(self.scheduler.config, "variance_type", "") in ("learned", "learned_range"):
+        ddpm = isinstance(self.scheduler, DDPMScheduler)
+        # only DDPM reads σ; a DDIM built from a DDPM config still carries its variance_type key
+        if ddpm and sigma is not None and self.scheduler.config.variance_type in ("learned", "learned_range"):
             out = torch.cat([eps, sigma], dim=1)
-        kwargs = {"generator": generators} if isinstance(self.scheduler, DDPMScheduler) else {}
+        kwargs = {"generator": generators} if ddpm else {}
         return self.scheduler.step(out, t, x_t, return_dict=False, **kwargs)[0]
 
     def set_vae_checkpointing(self, on: bool) -> None:
@@ -223,15 +282,15 @@ def read_generator_info(path: str) -> GeneratorInfo:
     return GeneratorInfo(num_classes, list(class_ids), meta)
 
 
-def load_generator(path: str, *, device: str | torch.device = "cpu") -> Generator:
-    """Load from `builtin:NAME`, a local directory in pipeline layout, or a hub id."""
+def load_generator(path: str, *, device: str | torch.device = "cpu", convention: str = "auto") -> Generator:
+    """Load from `builtin:NAME`, a local directory in pipeline layout, or a hub id (`convention`: see above)."""
     root = _resolve_root(path)
     sub, _ = _denoiser_class_count(root, path)
     quiet = {"low_cpu_mem_usage": False}  # the default wants `accelerate`, and warns without it
     denoiser = (DiTTransformer2DModel if sub == "transformer" else UNet2DModel).from_pretrained(root / sub, **quiet)
     vae = AutoencoderKL.from_pretrained(root / "vae", **quiet) if (root / "vae").is_dir() else None
     scheduler = DDPMScheduler.from_pretrained(root / "scheduler") if (root / "scheduler").is_dir() else DDPMScheduler()
-    gen = Generator(denoiser, scheduler, read_generator_info(path), vae)
+    gen = Generator(denoiser, scheduler, read_generator_info(path), vae, convention=convention)
     return gen.to(device)
 
 
@@ -286,7 +345,7 @@ ARCHITECTURES: dict[str, Any] = {
 
 
 def create_generator(arch: str, num_classes: int, image_size: int = 8, channels: int = 1,
-                     class_ids: list[str] | None = None, seed: int = 0) -> Generator:
+                     class_ids: list[str] | None = None, seed: int = 0, convention: str = "auto") -> Generator:
     """A generator with random weights (seeded), e.g. `create_generator("unet-tiny", 10, 8, 1)`."""
     if arch not in ARCHITECTURES:
         raise UserError("generator.arch", f"unknown architecture {arch!r}", f"choose one of: {', '.join(ARCHITECTURES)}")
@@ -297,4 +356,4 @@ def create_generator(arch: str, num_classes: int, image_size: int = 8, channels:
         vae = make_vae() if make_vae is not None else None
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False)
     ids = class_ids or [str(i) for i in range(num_classes)]
-    return Generator(denoiser, scheduler, GeneratorInfo(num_classes, ids, {"arch": arch}), vae)
+    return Generator(denoiser, scheduler, GeneratorInfo(num_classes, ids, {"arch": arch}), vae, convention=convention)

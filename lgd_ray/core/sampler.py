@@ -126,6 +126,7 @@ def denoise(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: 
         if guided:
             grad_d = deviation_grad(x0, labels, memory) if use_d else None
             eps = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
+        # σ (DiT's v) is never guided: under learned range it sets the step's variance, ε̃ its mean
         with torch.no_grad():
             x = gen.step(eps, sigma, t, x, gens)
     return x.detach()
