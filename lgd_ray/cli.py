@@ -77,7 +77,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
     init_ray()
     result = run_demo(cfg, a.out, overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps,
-                      teacher=teacher)
+                      generator_minutes=a.generator_minutes, teacher=teacher)
     print(result["table"])
     print(f"\nreport.md, results.json and progression.png in {a.out}; previews in {a.out}/lgd/preview")
     return 0
@@ -113,6 +113,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     result = {name: {**summary, "ipc": ipc, "images": len(data), "reference_acc_on_set": None}}
     out = OutputDir(a.out or a.run)
     out.write_text("evaluation.json", json.dumps({"eval": cfg.to_dict()["eval"], "results": result}, indent=1))
+    if out.uri == src.uri:  # the run's dataset card shows its evaluation
+        from .engine.card import write_card
+
+        write_card(src)
     print(results_table(result))
     return 0
 
@@ -147,6 +151,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
     rows = sum((out.manifest(s) or {"rows": 0})["rows"] for s in stages)
     print(f"{len(stages)} stages, {rows} rows, {len(problems)} problems")
     return 1 if problems else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .apps.export import export_run
+
+    r = export_run(a.run, a.to, stages=a.stages, fmt=a.format)
+    print(f"{r['images']} images of stages {', '.join(map(str, r['stages']))} exported as {r['format']} to {r['to']}")
+    return 0
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -266,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an output made with another config")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--generator-steps", type=int, default=3000,
-                   help="training steps of the generator made for a data set other than the digits")
+                   help="training steps of the generator made for a data set other than the digits (its estimated "
+                        "time is printed before it starts)")
+    p.add_argument("--generator-minutes", type=float, default=None,
+                   help="stop that training at this wall-clock budget (then not reproducible: the steps done vary)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("distill", help="run (or resume) LGD: seed increment, then guided stages")
@@ -295,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every part of an output against its stage manifest (sha256, rows)")
     p.add_argument("run", help="an output folder of `lgd-ray distill`")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export", help="a distilled output as an ImageNet-layout folder of PNGs (FOLDER/train/<class_id>/"
+                                      "<stage>_<slot>.png + labels.json, for the field's evaluation code) or as Parquet "
+                                      "with its dataset card (to push to the Hugging Face hub)")
+    p.add_argument("run", metavar="DIR", help="an output folder of `lgd-ray distill` (local, NFS or object store)")
+    p.add_argument("--to", required=True, metavar="FOLDER", help="a new or empty local folder")
+    p.add_argument("--stages", default=None, help="stages to export, e.g. 0,2 or 1-3 (default: every complete stage)")
+    p.add_argument("--format", default="imagefolder", help="imagefolder (default) or parquet")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="cost of a guided step and of the Ray sampler pool (in-process vs 1 vs 2 actors)")
     p.add_argument("--arch", default="unet-tiny", help="generator architecture with random weights (dit-xl-2-256 on a GPU)")

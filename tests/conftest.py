@@ -46,3 +46,19 @@ def reference_file(tmp_path_factory) -> str:
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def baseline(ray_session, tiny_generator_dir, reference_file, tmp_path_factory) -> str:
+    """A finished output of the tiny pipeline (2 stages × 10 classes, one sampler actor): what the pipeline,
+    export and dataset-card tests read; tests copy it before changing anything."""
+    from lgd_ray.core.config import load_config
+    from lgd_ray.engine.distill import distill
+
+    from helpers import tiny_overrides
+
+    out = str(tmp_path_factory.mktemp("runs") / "one-sampler")
+    cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file))
+    summary = distill(cfg, out, progress=False)
+    assert summary["images"] == 20 and not summary["resumed"]
+    return out

@@ -63,5 +63,5 @@ def test_job_submit_runs_the_demo_config(tmp_path, tiny_generator_dir):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
-    assert (out / "stage=001" / "_manifest.json").exists()
+    assert (out / "data" / "stage-001" / "_manifest.json").exists()
     assert (out / "reference" / "model.safetensors").exists()

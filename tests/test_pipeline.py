@@ -24,7 +24,7 @@ from helpers import tiny_overrides
 def rows(out: str) -> dict[tuple[int, int, int], bytes]:
     """(stage, label, slot) -> PNG bytes, failing on duplicates."""
     found: dict = {}
-    for part in sorted(Path(out).glob("stage=*/part-*.parquet")):
+    for part in sorted(Path(out).glob("data/stage-*/part-*.parquet")):
         t = pq.read_table(part, columns=["stage", "label", "slot", "image"]).to_pylist()
         for r in t:
             key = (r["stage"], r["label"], r["slot"])
@@ -42,15 +42,7 @@ def expected_keys() -> set[tuple[int, int, int]]:
     return {(s, c, 0) for s in (0, 1) for c in range(10)}
 
 
-@pytest.fixture(scope="module")
-def baseline(ray_session, tiny_generator_dir, reference_file, tmp_path_factory) -> str:
-    from lgd_ray.engine.distill import distill
-
-    out = str(tmp_path_factory.mktemp("runs") / "one-sampler")
-    cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file))
-    summary = distill(cfg, out, progress=False)
-    assert summary["images"] == 20 and not summary["resumed"]
-    return out
+# `baseline` (conftest.py): the finished output of the tiny run, shared with the export and card tests
 
 
 def test_output_layout(baseline):
@@ -85,15 +77,15 @@ def test_rerun_resumes_and_other_config_is_refused(baseline, tiny_generator_dir,
 
     out = str(tmp_path / "copy")
     shutil.copytree(baseline, out)
-    before = {p: p.stat().st_mtime_ns for p in Path(out).glob("stage=*/*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in Path(out).glob("data/stage-*/*.parquet")}
     cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file))
     assert distill(cfg, out, progress=False)["resumed"]
-    assert {p: p.stat().st_mtime_ns for p in Path(out).glob("stage=*/*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in Path(out).glob("data/stage-*/*.parquet")} == before
     other = load_config(None, tiny_overrides(tiny_generator_dir, reference_file) + ["distill.lam=0.5"])
     with pytest.raises(UserError) as e:
         distill(other, out, progress=False)
     assert e.value.field == "out" and "--overwrite" in str(e.value)
-    assert {p: p.stat().st_mtime_ns for p in Path(out).glob("stage=*/*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in Path(out).glob("data/stage-*/*.parquet")} == before
 
 
 def test_corrupt_part_is_reported_and_regenerated(baseline, tiny_generator_dir, reference_file, tmp_path):
@@ -101,7 +93,7 @@ def test_corrupt_part_is_reported_and_regenerated(baseline, tiny_generator_dir, 
 
     out = str(tmp_path / "corrupt")
     shutil.copytree(baseline, out)
-    part = Path(out) / "stage=001" / "part-00002.parquet"
+    part = Path(out) / "data" / "stage-001" / "part-00002.parquet"
     part.write_bytes(b"not a parquet file")
     problems = OutputDir(out).verify_stage(1)
     assert problems and "part-00002" in problems[0]
@@ -123,14 +115,14 @@ def test_killed_run_reruns_to_the_same_bytes(baseline, tiny_generator_dir, refer
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if list(out.glob("stage=001/part-*.parquet")):
+            if list(out.glob("data/stage-001/part-*.parquet")):
                 break
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert list(out.glob("stage=001/part-*.parquet")), "the run never reached stage 1"
-    assert not (out / "stage=001" / "_manifest.json").exists(), "killed too late to test a partial stage"
+    assert list(out.glob("data/stage-001/part-*.parquet")), "the run never reached stage 1"
+    assert not (out / "data" / "stage-001" / "_manifest.json").exists(), "killed too late to test a partial stage"
     distill(load_config(None, overrides), str(out), progress=False)
     got = rows(str(out))
     assert set(got) == expected_keys()
@@ -151,7 +143,7 @@ def test_verify_and_evaluate_commands(baseline, tmp_path, capsys):
     assert result["n"] == 2 and result["images"] == 20 and 0 <= result["final_acc_mean"] <= 1
     broken = tmp_path / "broken"
     shutil.copytree(baseline, broken)
-    (broken / "stage=000" / "part-00000.parquet").write_bytes(b"x")
+    (broken / "data" / "stage-000" / "part-00000.parquet").write_bytes(b"x")
     assert main(["verify", str(broken)]) == 1
     assert "part-00000.parquet" in capsys.readouterr().out
 
@@ -160,7 +152,7 @@ def test_seed_increment_from_a_parquet_source(baseline, tiny_generator_dir, refe
     from lgd_ray.engine.distill import distill
 
     out = str(tmp_path / "seeded")
-    source = str(Path(baseline) / "stage=000")  # a user's Parquet set: here, another run's seed increment
+    source = str(Path(baseline) / "data" / "stage-000")  # a user's Parquet set: here, another run's seed increment
     cfg = load_config(None, tiny_overrides(tiny_generator_dir, reference_file) + [f"distill.seed_source={source}"])
     distill(cfg, out, progress=False)
     got, want = rows(out), rows(baseline)
@@ -208,14 +200,14 @@ def test_precision_is_recorded_and_a_resume_on_other_hardware_is_refused(baselin
     shutil.copytree(baseline, run)
     saved = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**saved, "precision": {"device": "cuda", "dtype": "bf16"}}))
-    (run / "stage=001" / "_manifest.json").unlink()
-    first = sorted((run / "stage=001").glob("part-*.parquet"))[0]
+    (run / "data" / "stage-001" / "_manifest.json").unlink()
+    first = sorted((run / "data" / "stage-001").glob("part-*.parquet"))[0]
     first.unlink()
-    before = {p: p.read_bytes() for p in (run / "stage=001").iterdir()}
+    before = {p: p.read_bytes() for p in (run / "data" / "stage-001").iterdir()}
     with pytest.raises(UserError, match="generator.dtype") as e:
         distill(load_config(None, tiny_overrides(tiny_generator_dir, reference_file)), str(run), progress=False)
     assert "bf16 on cuda" in str(e.value) and "fp32 on cpu" in str(e.value)
-    assert {p: p.read_bytes() for p in (run / "stage=001").iterdir()} == before and not first.exists()
+    assert {p: p.read_bytes() for p in (run / "data" / "stage-001").iterdir()} == before and not first.exists()
 
 
 def test_evaluation_tasks_ask_for_the_gpus_configured(baseline, tmp_path):

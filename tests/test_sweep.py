@@ -189,8 +189,8 @@ def test_best_yaml_reproduces_the_trial(swept, tmp_path):
     last = max(r["stage"] for r in recs if r["event"] == "student")
     assert last + 1 == summary["best"]["stage"]
     assert next(r["select_acc"] for r in recs if r["event"] == "student" and r["stage"] == last) == summary["best"]["select_acc"]
-    assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("data/stage=*")} == \
-        {p.name for p in rerun.glob("data/stage=*")}
+    assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("data/stage-*")} == \
+        {p.name for p in rerun.glob("data/stage-*")}
 
 
 def test_resume_keeps_finished_trials(swept, tiny_sweep):
@@ -243,7 +243,7 @@ def test_killed_sweep_resumes(ray_session, swept, tiny_generator_dir, reference_
         proc.wait()
     (trial,) = trials
     assert 2 not in students(trial)
-    kept = {p: p.stat().st_mtime_ns for p in [*trial.glob("data/stage=000/*"), *trial.glob("data/stage=001/*")]}
+    kept = {p: p.stat().st_mtime_ns for p in [*trial.glob("data/stage-000/*"), *trial.glob("data/stage-001/*")]}
     assert kept
 
     again = run_sweep(load_sweep(sweep_file, overrides), str(out), progress=False)

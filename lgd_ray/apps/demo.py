@@ -18,6 +18,7 @@ import torch
 
 from ..core.config import Config
 from ..core.data import load_part, materialize, random_subset_per_class
+from ..core.errors import UserError
 from ..engine.distill import distill
 from ..engine.eval_tasks import evaluate_sets, load_teacher, reference_fidelity
 from ..engine.run import log, resolve_classes_only, resolve_run
@@ -40,19 +41,57 @@ def join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
 
 
-def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> Config:
-    """A user's image folder with the built-in digits generator: train one on the folder first."""
+PROBE_STEPS = 5  # training steps timed to estimate the generator's training time before it starts
+
+
+def generator_step_seconds(data, settings, device: str) -> float:
+    """Seconds per training step of the generator on this machine, from a short timed probe (the first
+    step's warm-up included, so the estimate errs long)."""
+    from dataclasses import replace
+
+    from ..core.train_generator import train_generator
+
+    probe = train_generator(data, replace(settings, steps=PROBE_STEPS, max_minutes=None), device=device, progress=False)
+    info = probe.info.extra["train"]
+    return float(info["seconds"]) / max(1, int(info["steps_done"]))
+
+
+def duration(seconds: float) -> str:
+    """A rough duration for a person: 40 s, 12 min, 2 h 05 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
+def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minutes: float | None = None) -> Config:
+    """A user's image folder with the built-in digits generator: train one on the folder first.
+
+    That training can take most of the demo's time (20+ minutes on 2 cores for 10 classes at 16 px), so its
+    estimate is printed before it starts, `--quiet` or not, with the two ways to shorten it."""
     if cfg.data.name == "digits" or cfg.generator.path != "builtin:digits":
         return cfg
     from ..core.train_generator import GeneratorTrainSettings, train_generator
 
+    if steps < 3:
+        raise UserError("--generator-steps", f"must be >= 3, got {steps}", "give e.g. --generator-steps 1000")
+    if minutes is not None and not minutes > 0:
+        raise UserError("--generator-minutes", f"must be positive, got {minutes}", "give e.g. --generator-minutes 5")
     path = join(out_uri, "generator")
     if not (Path(path) / "lgd_ray.json").is_file():
         class_ids = resolve_classes_only(cfg)
         data = materialize(load_part(cfg.data, "train", class_ids), progress=progress)
-        log(progress, f"training a generator on {cfg.data.root} ({len(data)} images, {steps} steps)")
-        gen = train_generator(data, GeneratorTrainSettings(steps=steps, seed=cfg.seed), progress=progress,
-                              device="cuda" if torch.cuda.is_available() else "cpu",
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes)
+        per_step = generator_step_seconds(data, settings, device)
+        total = steps * per_step if minutes is None else min(steps * per_step, 60 * minutes)
+        budget = "" if minutes is None or 60 * minutes >= steps * per_step else \
+            f", stopped by --generator-minutes {minutes:g} after about {int(60 * minutes / per_step)} steps"
+        log(True, f"training a generator on {cfg.data.root} first ({len(data)} images, {len(class_ids)} classes, "
+                  f"{data.image_size} px, {steps} steps at {per_step:.2f} s/step on {device}{budget}): about "
+                  f"{duration(total)}; --generator-steps N or --generator-minutes M shortens it")
+        gen = train_generator(data, settings, progress=progress, device=device,
                               extra_meta={"data": {"name": cfg.data.name, "root": cfg.data.root}})
         gen.save_pretrained(path)
     c = copy.deepcopy(cfg)
@@ -61,9 +100,11 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool) -> C
 
 
 def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bool = True,
-             generator_steps: int = 3000, full_epochs: int = 30, teacher: torch.nn.Module | None = None) -> dict:
-    """`teacher`: the soft protocol's (eval.protocol=soft), when the caller loaded it already."""
-    cfg = ensure_generator(cfg, out_uri, generator_steps, progress)
+             generator_steps: int = 3000, generator_minutes: float | None = None, full_epochs: int = 30,
+             teacher: torch.nn.Module | None = None) -> dict:
+    """`teacher`: the soft protocol's (eval.protocol=soft), when the caller loaded it already.
+    `generator_steps` / `generator_minutes`: the training of a generator for data other than the digits."""
+    cfg = ensure_generator(cfg, out_uri, generator_steps, progress, generator_minutes)
     run = resolve_run(cfg)
     if teacher is None:
         teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)

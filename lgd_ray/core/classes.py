@@ -5,6 +5,7 @@ generator-class (or teacher-output) map. A wnid's generator class is its positio
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 
 from lgd_ray.core.errors import UserError
@@ -84,8 +85,21 @@ def class_index(class_ids: Sequence[str], available: Sequence[str], field: str, 
     return out
 
 
+def is_imagenet_class_list(class_ids: Sequence[str]) -> bool:
+    """A 1000-class list of WordNet ids (a DiT or another ImageNet-1K model): classes must be named by wnid."""
+    return len(class_ids) == 1000 and all(re.fullmatch(r"n\d{8}", str(c)) for c in class_ids)
+
+
 def generator_class_index(class_ids: Sequence[str], generator_class_ids: Sequence[str],
                           field: str = "generator.class_map") -> list[int]:
-    """Position of each class id in the generator's class list (its conditioning label)."""
+    """Position of each class id in the generator's class list (its conditioning label). Only here, where
+    an ImageNet generator meets classes not named by wnid, does the error ask for wnids."""
+    known = {str(c) for c in generator_class_ids}
+    missing = next((str(c) for c in class_ids if str(c) not in known), None)
+    if missing is not None and is_imagenet_class_list(generator_class_ids):
+        raise UserError(field, f"class {missing!r} is not an ImageNet wnid, and the generator is conditioned on "
+                        "ImageNet-1K's 1000 classes by wnid",
+                        "name the class folders by wnid (e.g. n01440764), list data.classes as wnids, or give "
+                        "generator.class_map (one generator class index per class, in label order)")
     return class_index(class_ids, generator_class_ids, field, "the generator's",
                        "fix the class id or use a generator trained on it")

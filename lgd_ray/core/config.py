@@ -25,7 +25,7 @@ from .errors import UserError
 class DataConfig:
     name: str = "digits"  # digits | imagefolder | parquet
     root: str | None = None  # folder (imagefolder) or file/folder (parquet); unused for digits
-    classes: Any = None  # preset ("imagenette", "imagewoof", "imagenet1k") or list of class ids; None = all
+    classes: Any = None  # preset ("imagenette", "imagewoof", "imagenet1k") or list of class ids; None = all (a folder's, sorted)
     image_size: int = 8  # resolution the students train and score at
     train_split: str = "train"
     val_split: str = "val"  # the test split: read once, by the final protocol (evaluate, the demo's table)

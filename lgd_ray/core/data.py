@@ -175,14 +175,30 @@ def _center_square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-class ImageFolderSet(Dataset):
-    """ImageNet-layout folder (`root/<split>/<wnid>/*` or `root/<wnid>/*`), decoded lazily.
+def image_folder_classes(root: str | os.PathLike, split: str | None = None) -> list[str]:
+    """Every class subfolder of an image folder (`root/<split>/` when it exists, else `root/`), sorted by
+    name: what torchvision's `ImageFolder` takes (hidden `.name` folders aside), for `data.classes` unset.
+    The names may be anything (`cat/`, `dog/`); only a generator conditioned on ImageNet needs wnids."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise UserError("data.root", f"image folder {root!r} does not exist", "point data.root at it")
+    base = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
+    names = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        raise UserError("data.root", f"no class folders under {base!r}",
+                        "give an ImageNet-layout folder: root/train/<class>/<image>")
+    return names
 
-    Files are sorted by name for a stable index; a file's label is the position of its wnid in
-    `class_ids`, so the label order is the user's class list, not the folder listing.
+
+class ImageFolderSet(Dataset):
+    """ImageNet-layout folder (`root/<split>/<class>/*` or `root/<class>/*`), decoded lazily.
+
+    Files are sorted by name for a stable index; a file's label is the position of its class folder in
+    `class_ids`, so the label order is the user's class list, not the folder listing; with `class_ids`
+    None, every class folder in sorted order (torchvision's `ImageFolder`).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str | None, class_ids: Sequence[str], image_size: int):
+    def __init__(self, root: str | os.PathLike, split: str | None, class_ids: Sequence[str] | None, image_size: int):
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise UserError("data.root", f"image folder {root!r} does not exist", "point data.root at it")
@@ -190,7 +206,7 @@ class ImageFolderSet(Dataset):
             raise UserError("data.image_size", f"{image_size} is not a positive size", "use e.g. 32")
         base = os.path.join(root, split) if split and os.path.isdir(os.path.join(root, split)) else root
         self.root, self.base, self.image_size = root, base, int(image_size)
-        self.class_ids = [str(c) for c in class_ids]
+        self.class_ids = [str(c) for c in (image_folder_classes(root, split) if class_ids is None else class_ids)]
         paths: list[str] = []
         labels: list[int] = []
         for label, wnid in enumerate(self.class_ids):
@@ -238,7 +254,7 @@ class ImageFolderSet(Dataset):
         return part
 
 
-def load_image_folder(root: str | os.PathLike, split: str | None, class_ids: Sequence[str],
+def load_image_folder(root: str | os.PathLike, split: str | None, class_ids: Sequence[str] | None,
                       image_size: int) -> ImageFolderSet:
     return ImageFolderSet(root, split, class_ids, image_size)
 
@@ -415,7 +431,8 @@ def load_source(kind: str, root: str | None, split: str, class_ids: str | Sequen
     """Open a real data source by name: "digits" | "imagefolder" | "parquet".
 
     digits: `root` is ignored; `class_ids` may pick a subset of "0".."9"; `image_size` other
-    than 8 resizes. imagefolder: needs root, class_ids and image_size; decodes lazily.
+    than 8 resizes. imagefolder: needs root and image_size; class_ids None = every class folder, sorted
+    (torchvision's ImageFolder); decodes lazily.
     parquet: root is a file or directory (a `<root>/<split>` sub-directory is used when it exists);
     `image_size`, when given, resizes.
     """
@@ -430,10 +447,8 @@ def load_source(kind: str, root: str | None, split: str, class_ids: str | Sequen
             raise UserError("data.root", "an image folder source needs a root", "set data.root")
         if not image_size:
             raise UserError("data.image_size", "an image folder source needs an image size", "set e.g. 64")
-        if class_ids is None:
-            raise UserError("data.classes", "an image folder source needs a class list",
-                            "use imagenette, imagewoof, imagenet1k or a list of wnids")
-        return load_image_folder(root, split, resolve_classes(class_ids, None), int(image_size))
+        classes = None if class_ids is None else resolve_classes(class_ids, None)  # None: every class folder
+        return load_image_folder(root, split, classes, int(image_size))
     if kind == "parquet":
         if not root:
             raise UserError("data.root", "a Parquet source needs a root", "set data.root")

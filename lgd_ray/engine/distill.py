@@ -31,11 +31,13 @@ from .store import (
     StageParams,
     load_weights,
     sha256,
+    stage_dir,
     stage_name,
     weights_bytes,
 )
 
-OUTPUT_ENTRIES = ("checkpoints", "reference", "preview", "metrics.jsonl", "results.json", "report.md", "_ray_train")
+OUTPUT_ENTRIES = ("checkpoints", "reference", "preview", "metrics.jsonl", "results.json", "report.md", "_ray_train",
+                  "README.md", "evaluation.json")  # the card would show the replaced run's evaluation
 
 
 def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
@@ -46,7 +48,7 @@ def prepare_output(out: OutputDir, cfg: Config, overwrite: bool) -> bool:
             raise UserError("out", f"{out.uri} holds a run with another config (hash {saved['hash']})",
                             "choose another --out, or pass --overwrite to replace it")
         for s in out.stages_on_disk():
-            out.delete(stage_name(s))
+            out.delete(stage_dir(s))
         for e in OUTPUT_ENTRIES:
             out.delete(e)
     versions = {"lgd_ray": __version__, "torch": torch.__version__, "python": platform.python_version()}

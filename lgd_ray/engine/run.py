@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..core.classes import generator_class_index, resolve_classes
 from ..core.config import Config, from_dict
+from ..core.data import image_folder_classes
 from ..core.errors import UserError
 from ..core.generator import read_generator_info
 from .store import OutputDir
@@ -58,8 +59,7 @@ def resolve_classes_only(cfg: Config) -> list[str]:
     elif d.name == "imagefolder":
         if not d.root or not os.path.isdir(d.root):
             raise UserError("data.root", f"{d.root!r} is not a folder", "give the ImageNet-layout folder (root/train/<wnid>/...)")
-        split_root = os.path.join(d.root, d.train_split) if os.path.isdir(os.path.join(d.root, d.train_split)) else d.root
-        available = sorted(e for e in os.listdir(split_root) if os.path.isdir(os.path.join(split_root, e)))
+        available = image_folder_classes(d.root, d.train_split)  # sorted class folders, as torchvision's ImageFolder
     elif "://" not in d.root and not os.path.exists(d.root):
         raise UserError("data.root", f"{d.root!r} does not exist", "give a Parquet file or folder")
     if d.classes is None and available is None:

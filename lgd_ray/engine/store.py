@@ -1,11 +1,16 @@
-"""The output directory: Parquet parts per chunk, a manifest per stage, checkpoints, config.
+"""The output directory: Parquet parts per chunk, a manifest per stage, checkpoints, config, dataset card.
 
 Layout (local path, NFS, or s3:// / gs:// through pyarrow filesystems):
-    <out>/config.yaml                     resolved config, its hash, versions
-    <out>/stage=000/part-00000.parquet    one file per chunk, written atomically
-    <out>/stage=000/_manifest.json        parts, rows, sha256, inputs; written last: present = complete
+    <out>/README.md                            dataset card (Hugging Face format), refreshed at every manifest
+    <out>/config.yaml, config.json             resolved config, its hash, versions
+    <out>/data/stage-000/part-00000.parquet    one file per chunk, written atomically
+    <out>/data/stage-000/_manifest.json        parts, rows, sha256, inputs; written last: present = complete
     <out>/checkpoints/stage=000/model.safetensors
     <out>/reference/model.safetensors, metrics.jsonl, results.json, report.md, preview/stage=000.png
+The parts sit under `data/` (the Hugging Face hub's convention) so that everything a reader of `<out>/data`
+meets is Parquet or hidden (`_manifest.json`): pandas, pyarrow, Ray Data and `datasets` read it as one
+dataset (see stage_dir for why the folders are not hive-style), and `datasets.load_dataset(<out>)` finds
+it through the card.
 Atomic writes: temp file + rename on POSIX; a single PUT (one output stream) on object stores.
 """
 
@@ -54,8 +59,52 @@ SCHEMA = pa.schema([
 ])
 
 
+DATA_DIR = "data"
+CARD = "README.md"
+
+
 def stage_name(stage: int) -> str:
     return f"stage={stage:03d}"
+
+
+def stage_dir(stage: int) -> str:
+    """A stage's folder inside the output: `data/stage-000`, under the hub's `data/`. Not hive-style
+    (`stage=000`): pandas and `pyarrow.parquet` would infer a dictionary `stage` partition from it that
+    clashes with the int32 `stage` column, and refuse to read the folder."""
+    return f"{DATA_DIR}/stage-{stage:03d}"
+
+
+# Hugging Face `datasets` feature of every column that is not a plain value (the rest: Value(arrow type))
+_VALUE_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.int32(): "int32", pa.float32(): "float32",
+                 pa.binary(): "binary"}
+
+
+def hf_features(class_ids: list[str]) -> dict:
+    """The columns as `datasets.Features.to_dict()` writes them: `image` an Image, `label` a ClassLabel
+    with the run's class ids as names. Kept in every part's schema metadata (key `huggingface`, as
+    `datasets` itself writes it), so `load_dataset("parquet", ...)` needs no cast."""
+    out: dict = {}
+    for f in SCHEMA:
+        if f.name == "image":
+            out[f.name] = {"_type": "Image"}
+        elif f.name == "label":
+            out[f.name] = {"names": [str(c) for c in class_ids], "_type": "ClassLabel"}
+        else:
+            out[f.name] = {"dtype": _VALUE_DTYPES[f.type], "_type": "Value"}
+    return out
+
+
+def hf_features_yaml(class_ids: list[str]) -> list[dict]:
+    """The same features in a dataset card's YAML form (`dataset_info.features`)."""
+    rows: list[dict] = []
+    for name, feat in hf_features(class_ids).items():
+        if feat["_type"] == "Image":
+            rows.append({"name": name, "dtype": "image"})
+        elif feat["_type"] == "ClassLabel":
+            rows.append({"name": name, "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(feat["names"])}}}})
+        else:
+            rows.append({"name": name, "dtype": feat["dtype"]})
+    return rows
 
 
 def part_name(chunk_index: int) -> str:
@@ -100,7 +149,8 @@ def samples_to_table(samples: list[Sample], p: StageParams) -> pa.Table:
         rows["omega"].append(p.omega)
         rows["gamma"].append(p.gamma)
     shape = ",".join(str(d) for d in samples[0].latent.shape) if samples else ""
-    schema = SCHEMA.with_metadata({"latent_shape": shape, "latent_dtype": "float16"})
+    schema = SCHEMA.with_metadata({"latent_shape": shape, "latent_dtype": "float16",
+                                   "huggingface": json.dumps({"info": {"features": hf_features(p.class_ids)}})})
     return pa.Table.from_pydict(rows, schema=schema)
 
 
@@ -164,23 +214,37 @@ class OutputDir:
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(self.path(rel))
 
-    def stages_on_disk(self) -> list[int]:
-        if not self.exists():
+    def _stage_folders(self, rel: str, prefix: str) -> list[int]:
+        folder = self.path(rel) if rel else self.root
+        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
             return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root))
-        names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-        return sorted(int(n.split("=")[1]) for n in names if n.startswith("stage="))
+        infos = self.fs.get_file_info(pafs.FileSelector(folder))
+        names = [i.base_name[len(prefix):] for i in infos
+                 if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix)]
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def check_layout(self) -> None:
+        """Refuse an output written before the parts moved to data/stage-NNN/: resuming it would start over."""
+        old = self._stage_folders("", "stage=")
+        if old:
+            raise UserError("out", f"{self.uri} keeps its parts in the old layout ({stage_name(old[0])}/ beside "
+                            "config.json)", f"move each stage=NNN/ folder to data/stage-NNN/, e.g. mkdir "
+                            f"{self.uri}/data && mv {self.uri}/{stage_name(old[0])} {self.uri}/{stage_dir(old[0])}")
+
+    def stages_on_disk(self) -> list[int]:
+        self.check_layout()
+        return self._stage_folders(DATA_DIR, "stage-")
 
     # --- parts and manifests --------------------------------------------------------------------
     def write_part(self, stage: int, chunk_index: int, samples: list[Sample], params: StageParams) -> dict:
         data = table_to_bytes(samples_to_table(samples, params))
-        rel = f"{stage_name(stage)}/{part_name(chunk_index)}"
+        rel = f"{stage_dir(stage)}/{part_name(chunk_index)}"
         self.write_bytes(rel, data)
         return {"file": part_name(chunk_index), "rows": len(samples), "sha256": sha256(data)}
 
     def part_info(self, stage: int, chunk_index: int, expected: list[tuple[int, int]]) -> dict | None:
         """Info of an existing part if it is readable and holds exactly the expected (label, slot) rows."""
-        rel = f"{stage_name(stage)}/{part_name(chunk_index)}"
+        rel = f"{stage_dir(stage)}/{part_name(chunk_index)}"
         if not self.exists(rel):
             return None
         data = self.read_bytes(rel)
@@ -195,15 +259,22 @@ class OutputDir:
 
     def write_manifest(self, stage: int, parts: list[dict], inputs: dict) -> None:
         manifest = {"stage": stage, "rows": sum(p["rows"] for p in parts), "parts": parts, "inputs": inputs}
-        self.write_text(f"{stage_name(stage)}/_manifest.json", json.dumps(manifest, indent=1))
+        self.write_text(f"{stage_dir(stage)}/_manifest.json", json.dumps(manifest, indent=1))
+        if self.exists("config.json"):  # a run's output (not a bare test folder): its card follows the stages
+            from .card import write_card
+
+            write_card(self)
 
     def manifest(self, stage: int) -> dict | None:
-        return self.read_json(f"{stage_name(stage)}/_manifest.json")
+        m = self.read_json(f"{stage_dir(stage)}/_manifest.json")
+        if m is None:
+            self.check_layout()
+        return m
 
     def verify_stage(self, stage: int) -> list[str]:
         """Problems of a stage: missing manifest, missing or changed parts (sha256), extra parts."""
         m = self.manifest(stage)
-        name = stage_name(stage)
+        name = stage_dir(stage)
         if m is None:
             return [f"{name}: no manifest (stage incomplete)"]
         problems = []
@@ -219,22 +290,27 @@ class OutputDir:
         problems += [f"{name}/{e}: not in the manifest" for e in extra]
         return problems
 
-    def read_stages(self, stages: list[int], class_ids: list[str] | None = None) -> ImageSet:
-        """The images of complete stages, in manifest order (stable across runs)."""
+    def stage_files(self, stages: list[int]) -> list[str]:
+        """The part files of complete stages, in manifest order (stable across runs)."""
         paths = []
         for s in stages:
             m = self.manifest(s)
             if m is None:
                 raise UserError("out", f"{stage_name(s)} of {self.uri} is incomplete", "rerun `lgd-ray distill` to finish it")
-            paths += [self.path(stage_name(s), p["file"]) for p in m["parts"]]
-        return read_parquet_images(paths, class_ids=class_ids, filesystem=self.fs)
+            paths += [self.path(stage_dir(s), p["file"]) for p in m["parts"]]
+        return paths
+
+    def read_stages(self, stages: list[int], class_ids: list[str] | None = None) -> ImageSet:
+        """The images of complete stages in memory, in manifest order (for small sets: evaluation,
+        diagnostics; a training worker streams them with `ParquetImageSet` instead)."""
+        return read_parquet_images(self.stage_files(stages), class_ids=class_ids, filesystem=self.fs)
 
     def read_rows(self, stages: list[int], columns: list[str] | None = None) -> pa.Table:
         tables = []
         for s in stages:
             m = self.manifest(s) or {"parts": []}
             for p in m["parts"]:
-                with self.fs.open_input_file(self.path(stage_name(s), p["file"])) as f:
+                with self.fs.open_input_file(self.path(stage_dir(s), p["file"])) as f:
                     tables.append(pq.read_table(f, columns=columns))
         return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
 
