@@ -165,6 +165,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .apps.bench import BenchSpec, format_report, run_bench
     from .engine.run import init_ray
 
+    if a.data:
+        from .apps.data_bench import DataSpec, format_data_bench, run_data_bench
+
+        print(format_data_bench(run_data_bench(DataSpec(n=a.n), a.out)))
+        return 0
     if a.memory:
         from dataclasses import replace
 
@@ -327,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", default="1,2", help="actor counts to measure, comma-separated")
     p.add_argument("--memory", action="store_true", help="only the activation bytes of a guided step per component, "
                    "fp32/bf16, with/without VAE checkpointing (any device); memory.json + memory.md in --out")
+    p.add_argument("--data", action="store_true", help="only a Train worker's peak RSS and images/s reading a generated "
+                   "JPEG folder and Parquet parts at N and 4N images, streamed vs in memory; data.json + data.md in --out")
+    p.add_argument("--n", type=int, default=400, help="--data: images of the small case (the large one has 4N)")
     _out_arg(p, required=False)
     p.set_defaults(func=cmd_bench)
 

@@ -51,3 +51,48 @@ def assert_refused(command: str, args: list[str], field: str, tmp_path, capsys, 
     assert err.count("\n") == 0 and err.startswith(f"lgd-ray: error: {field}: ")
     assert "(" in err  # the fix, in brackets
     assert not out.exists()
+
+
+def _hub_transformer_config(cfg: dict) -> dict:
+    """Rewrite our DiTTransformer2DModel config the way the hub's (diffusers 0.12) one reads."""
+    cfg = {k: v for k, v in cfg.items() if k != "norm_eps"}
+    cfg.update({"_class_name": "Transformer2DModel", "_diffusers_version": "0.12.0.dev0",
+                "cross_attention_dim": None, "num_vector_embeds": None, "only_cross_attention": False,
+                "use_linear_projection": False})
+    return cfg
+
+
+HUB_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "_diffusers_version": "0.12.0.dev0", "beta_end": 0.02,
+    "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000,
+    "prediction_type": "epsilon", "set_alpha_to_one": True, "steps_offset": 0, "trained_betas": None,
+}
+
+
+def write_hub_dit(root: Path, image_size: int = 16, seed: int = 0):
+    """A tiny random DiT in the `facebook/DiT-XL-2-256` hub layout (hub-style configs, model_index.json
+    with the 1000 ImageNet labels, no project metadata; tiny VAE at latent scale 0.18215, learned σ,
+    null class 1000) at `root`; returns the in-memory generator it was written from."""
+    import json
+    import os
+
+    from timm.data import ImageNetInfo
+
+    from lgd_ray.core.generator import META_FILE, create_generator
+
+    original = create_generator("dit-micro-vae", 1000, image_size, 3, seed=seed)
+    original.save_pretrained(root)
+    os.remove(root / META_FILE)  # the hub has none: classes must come from the ImageNet convention
+    tf = root / "transformer" / "config.json"
+    tf.write_text(json.dumps(_hub_transformer_config(json.loads(tf.read_text())), indent=2))
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(HUB_SCHEDULER, indent=2))
+    info = ImageNetInfo()
+    model_index = {
+        "_class_name": "DiTPipeline", "_diffusers_version": "0.12.0.dev0",
+        "id2label": {str(i): info.index_to_description(i) for i in range(1000)},
+        "scheduler": ["diffusers", "KarrasDiffusionSchedulers"],
+        "transformer": ["diffusers", "Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (root / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return original

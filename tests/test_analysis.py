@@ -125,8 +125,8 @@ def test_regions_partition_the_map():
 
 
 def test_plots_are_pngs(tmp_path):
-    from lgd_ray.engine import figures as plots
     from lgd_ray.apps.diagnostics import progression_plot
+    from lgd_ray.engine import figures as plots
     from lgd_ray.engine.store import OutputDir
 
     assert is_png(plots.heatmap(np.array([[1.0, 0.5], [0.25, np.nan]]), ["a", "b"], ["a", "b"], title="t"))

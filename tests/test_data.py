@@ -240,6 +240,25 @@ def test_parquet_round_trip(tmp_path):
         data.read_parquet_images(str(tmp_path / "rgb.parquet"), ["n01"])
 
 
+def test_streamed_parquet_set_equals_the_set_in_memory(tmp_path):
+    """ParquetImageSet (what a Train worker reads) yields the images of read_parquet_images + resized, in
+    the same order, with the same labels, decoding one image at a time; it holds no images itself."""
+    rgb = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (7, 3, 12, 12), dtype=np.uint8))
+    cids = ["n02", "n01", "n02", "n01", "n01", "n02", "n01"]
+    _write_parquet(tmp_path / "a.parquet", list(rgb[:4]), [0] * 4, cids[:4])
+    _write_parquet(tmp_path / "b.parquet", list(rgb[4:]), [0] * 3, cids[4:])
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    want = data.read_parquet_images(files, ["n01", "n02"]).resized(8)
+    streamed = data.ParquetImageSet(files, ["n01", "n02"], image_size=8)
+    assert len(streamed) == 7 and (streamed.image_size, streamed.in_channels, streamed.num_classes) == (8, 3, 2)
+    got = torch.stack([streamed[i][0] for i in range(7)])
+    assert torch.equal(got, want.images) and [streamed[i][1] for i in range(7)] == want.labels.tolist()
+    assert torch.equal(streamed.labels, want.labels) and streamed.per_class_counts() == [4, 3]
+    assert not any(isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in vars(streamed).values())
+    with pytest.raises(UserError, match="data.classes"):
+        data.ParquetImageSet(files, ["n01"])
+
+
 def test_parquet_inconsistent_class_ids(tmp_path):
     img = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
     _write_parquet(tmp_path / "bad.parquet", list(img), [0, 0], ["a", "b"])

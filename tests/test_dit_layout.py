@@ -5,8 +5,6 @@ learned-range variance, CFG on ε channels :3), checked against the closed form.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,47 +22,17 @@ from lgd_ray.core.generator import (
 from lgd_ray.core.sampler import SampleSettings, denoise, guided_step
 from lgd_ray.core.students import build_student
 
+from helpers import write_hub_dit
+
 IMAGENETTE_INDEX = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]  # positions among the sorted 1000 wnids
-
-
-def _hub_transformer_config(cfg: dict) -> dict:
-    """Rewrite our DiTTransformer2DModel config the way the hub's (diffusers 0.12) one reads."""
-    cfg = {k: v for k, v in cfg.items() if k != "norm_eps"}
-    cfg.update({"_class_name": "Transformer2DModel", "_diffusers_version": "0.12.0.dev0",
-                "cross_attention_dim": None, "num_vector_embeds": None, "only_cross_attention": False,
-                "use_linear_projection": False})
-    return cfg
-
-
-HUB_SCHEDULER = {
-    "_class_name": "DDIMScheduler", "_diffusers_version": "0.12.0.dev0", "beta_end": 0.02,
-    "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": False, "num_train_timesteps": 1000,
-    "prediction_type": "epsilon", "set_alpha_to_one": True, "steps_offset": 0, "trained_betas": None,
-}
 
 
 @pytest.fixture(scope="module")
 def hub_layout(tmp_path_factory) -> tuple[str, object]:
     """(directory, the in-memory generator it was written from)."""
-    from timm.data import ImageNetInfo
-
-    original = create_generator("dit-micro-vae", 1000, 16, 3, seed=0)
-    assert original.vae.config.scaling_factor == pytest.approx(0.18215)
     root = tmp_path_factory.mktemp("hub") / "DiT-XL-2-256"
-    original.save_pretrained(root)
-    os.remove(root / META_FILE)  # the hub has none: classes must come from the ImageNet convention
-    tf = root / "transformer" / "config.json"
-    tf.write_text(json.dumps(_hub_transformer_config(json.loads(tf.read_text())), indent=2))
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(HUB_SCHEDULER, indent=2))
-    info = ImageNetInfo()
-    model_index = {
-        "_class_name": "DiTPipeline", "_diffusers_version": "0.12.0.dev0",
-        "id2label": {str(i): info.index_to_description(i) for i in range(1000)},
-        "scheduler": ["diffusers", "KarrasDiffusionSchedulers"],
-        "transformer": ["diffusers", "Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (root / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    original = write_hub_dit(root)
+    assert original.vae.config.scaling_factor == pytest.approx(0.18215)
     return str(root), original
 
 

@@ -172,3 +172,22 @@ def test_evaluate_accuracy_and_predict_logits_math():
     u8 = data.images
     assert torch.allclose(predict_logits(model, u8, batch_size=5), predict_logits(model, u8.float() / 255, 7))
     assert torch.allclose(predict_logits(model, u8), model(u8.float() / 255), atol=1e-6)
+
+
+def test_parallel_decoding_trains_the_same_weights():
+    """loader_workers only decode: the sampler's order and every random draw stay in the training process,
+    so two decoding processes give bit-identical weights."""
+    from lgd_ray.core.data import load_digits_split
+    from lgd_ray.core.students import build_student
+    from lgd_ray.core.train import TrainSettings, evaluate_accuracy, train_classifier
+
+    data = load_digits_split("val").subset(range(96))
+    nets = []
+    for workers in (0, 2):
+        net = build_student("convnet2-w8", 10, 8, 1, seed=0)
+        train_classifier(net, data, TrainSettings(epochs=2, batch_size=32, augment="shift", seed=3,
+                                                  loader_workers=workers))
+        nets.append(net)
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
+    assert evaluate_accuracy(nets[0], data) == evaluate_accuracy(nets[0], data, loader_workers=2)

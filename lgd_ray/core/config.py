@@ -130,6 +130,8 @@ class RayConfig:
     gpus_per_sampler: float = 0.0  # fractional allowed; 0 on CPU
     train_workers: int = 1  # Ray Train workers per stage (DDP)
     gpus_per_train_worker: float = 0.0
+    # CPUs each Train worker holds: one trains, the others decode batches in parallel (DataLoader workers)
+    cpus_per_train_worker: int = 1
     # each evaluation, redundancy and cartography task (one classifier trained from scratch); auto = 1
     # when the Train workers use GPUs (the job says it runs on GPUs), else 0
     gpus_per_task: Any = "auto"
@@ -173,6 +175,7 @@ class Config:
 # Keys that only place the work; the output is independent of them (tests prove it for samplers).
 # generator.vae_checkpointing recomputes the same ops on the same inputs (a test checks the outputs).
 EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler", "ray.gpus_per_task",
+                  "ray.cpus_per_train_worker",
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 PROTOCOLS = ("hard", "soft")
@@ -314,7 +317,7 @@ def validate(cfg: Config) -> None:
     if d.stages < 1:
         raise UserError("distill.stages", f"must be >= 1, got {d.stages}", "use at least one guided stage")
     for key in ("distill.ipc_seed", "distill.ipc_per_stage", "distill.chunk_size", "distill.memory_size",
-                "generator.num_steps", "ray.samplers", "ray.train_workers"):
+                "generator.num_steps", "ray.samplers", "ray.train_workers", "ray.cpus_per_train_worker"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise UserError(key, "must be >= 1", "use a positive integer")

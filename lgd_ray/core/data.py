@@ -97,10 +97,7 @@ class ImageSet(Dataset):
         """Same set at another square size (bilinear, antialiased, rounded back to uint8)."""
         if image_size == self.image_size and self.images.shape[3] == image_size:
             return self
-        x = torch.nn.functional.interpolate(
-            self.images.float(), size=(image_size, image_size), mode="bilinear",
-            align_corners=False, antialias=True)
-        return ImageSet(x.round().clamp_(0, 255).to(torch.uint8), self.labels, self.class_ids)
+        return ImageSet(resize_uint8(self.images, image_size), self.labels, self.class_ids)
 
     @staticmethod
     def concat(sets: Sequence[ImageSet]) -> ImageSet:
@@ -116,6 +113,16 @@ class ImageSet(Dataset):
                                  f"and {tuple(s.images.shape[1:])}")
         return ImageSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
                         first.class_ids)
+
+
+def resize_uint8(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 N×C×H×W at image_size² (bilinear, antialiased, rounded): per image, so one image resized
+    alone equals the same image resized in a batch."""
+    if tuple(images.shape[2:]) == (image_size, image_size):
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(image_size, image_size), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return x.round().clamp_(0, 255).to(torch.uint8)
 
 
 # --------------------------------------------------------------------------- embedded digits
@@ -360,6 +367,72 @@ def _parquet_files(paths: str | Sequence[str], filesystem) -> list[tuple[object,
         else:
             out.append((fs, path))
     return out
+
+
+class ParquetImageSet(Dataset):
+    """Contract-schema Parquet parts (a distilled set) decoded one image at a time, at `image_size`.
+
+    Memory holds the labels and a (part, row) index, never the images: a training worker's footprint is
+    the batches in flight (DataLoader workers decode in parallel), not the set, and each image is resized
+    once, to the size the student trains at. Rows keep the order of `files`; labels come from
+    `class_id` (positions in `class_ids`), as `read_parquet_images` gives them.
+    """
+
+    def __init__(self, files: Sequence[str], class_ids: Sequence[str], image_size: int | None = None,
+                 filesystem=None):
+        import pyarrow.parquet as pq
+
+        self.class_ids = [str(c) for c in class_ids]
+        pos = {c: i for i, c in enumerate(self.class_ids)}
+        self.fs, self.files, self.size = filesystem, list(files), image_size
+        index: list[tuple[int, int]] = []
+        labels: list[int] = []
+        for f, path in enumerate(self.files):
+            fs, p = _resolve_fs(path, filesystem)
+            cids = pq.read_table(p, columns=["class_id"], filesystem=fs).column("class_id").to_pylist()
+            for r, c in enumerate(cids):
+                if str(c) not in pos:
+                    raise UserError("data.classes", f"class {c!r} in {path!r} is not in the class list",
+                                    "add it to data.classes or filter the data")
+                index.append((f, r))
+                labels.append(pos[str(c)])
+        if not index:
+            raise UserError("data.root", "no rows in the Parquet parts", "point at a non-empty Parquet set")
+        self.index, self.labels = index, torch.tensor(labels, dtype=torch.int64)
+        self._part: tuple[int, list] | None = None  # the last part read (parts are small: one chunk)
+        first = self[0][0]
+        self._shape = tuple(first.shape)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import pyarrow.parquet as pq
+
+        f, r = self.index[i]
+        if self._part is None or self._part[0] != f:
+            fs, p = _resolve_fs(self.files[f], self.fs)
+            blobs = pq.read_table(p, columns=["image"], filesystem=fs).column("image").combine_chunks()
+            self._part = (f, blobs.field("bytes").to_pylist())
+        img = torch.from_numpy(decode_png(self._part[1][r]))
+        if self.size:
+            img = resize_uint8(img[None], self.size)[0]
+        return img, int(self.labels[i])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    @property
+    def image_size(self) -> int:
+        return int(self._shape[1])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self._shape[0])
+
+    def per_class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
 
 def read_parquet_images(paths: str | Sequence[str], class_ids: Sequence[str] | None = None,

@@ -132,6 +132,9 @@ class TrainSettings:
     cutmix: float = 0.0  # probability per batch; 0 = off
     seed: int = 0
     amp: bool = True  # bf16 autocast, CUDA only
+    # processes decoding batches in parallel (DataLoader workers); the order, and so the run, is the same
+    # for any number: the sampler and every random draw stay in the training process
+    loader_workers: int = 0
 
     @classmethod
     def from_section(cls, section: TrainingConfig, seed: int, epochs: int | None = None) -> TrainSettings:
@@ -248,7 +251,7 @@ def train_classifier(model: nn.Module, dataset: Dataset, settings: TrainSettings
     shuffle_gen = torch.Generator().manual_seed(settings.seed)
     aug_gen = torch.Generator().manual_seed(settings.seed + 1_000_003)
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=shuffle_gen, num_workers=0, pin_memory=device.type == "cuda")
+                        generator=shuffle_gen, pin_memory=device.type == "cuda", **loader_options(settings.loader_workers))
     num_classes = _num_classes(model, dataset) if settings.cutmix > 0 else 0
     opt = make_optimizer(model, settings)
     history: list[dict] = []
@@ -303,9 +306,18 @@ def train_soft_label(student: nn.Module, teacher: nn.Module, dataset: Dataset, s
     return train_classifier(student, dataset, settings, teacher=teacher, temperature=temperature, **kwargs)
 
 
+def loader_options(workers: int) -> dict:
+    """DataLoader options for `workers` decoding processes with a bounded prefetch (2 batches each).
+    Not persistent: every epoch's iterator draws its base seed from the shuffle generator, as the
+    in-process loader does, so the shuffle (and the run) is the same for any number of workers."""
+    if workers <= 0:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "prefetch_factor": 2}
+
+
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
-                      device: str | torch.device = "cpu") -> tuple[float, float]:
+                      device: str | torch.device = "cpu", loader_workers: int = 0) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy over `dataset` (no augmentation)."""
     if len(dataset) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
@@ -313,7 +325,7 @@ def evaluate_accuracy(model: nn.Module, dataset: Dataset, *, batch_size: int = 2
     was_training = model.training
     model.to(device).eval()
     correct, loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_options(loader_workers)):
         x = _to_unit(x.to(device))
         y = y.to(device)
         with _autocast(device):

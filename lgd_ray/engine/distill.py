@@ -245,7 +245,7 @@ def samplers_fit_beside_training(cfg: Config, cluster: dict[str, float]) -> bool
     live across stages (64 sampler GPUs need not reload a 2.7 GB generator at every stage); otherwise
     they are closed before each training phase, whose resources they would hold (2 CPUs: a deadlock)."""
     r = cfg.ray
-    need_cpu = r.samplers * r.cpus_per_sampler + r.train_workers * 1.0
+    need_cpu = r.samplers * r.cpus_per_sampler + r.train_workers * r.cpus_per_train_worker
     need_gpu = r.samplers * r.gpus_per_sampler + r.train_workers * r.gpus_per_train_worker
     return need_cpu <= cluster.get("CPU", 0.0) + 1e-9 and need_gpu <= cluster.get("GPU", 0.0) + 1e-9
 

@@ -52,7 +52,7 @@ class ChunkWorker:
         self.device = pick_device(self.cfg.ray.gpus_per_sampler)
         g = self.cfg.generator
         self.precision = resolve_precision(g.dtype, self.device)
-        self.gen = load_generator(g.path, device=self.device)
+        self.gen = load_generator(g.path, device=self.device, convention=g.convention)
         self.gen.set_scheduler(g.scheduler, g.num_steps)
         self.out = OutputDir(out_uri)
         self.num_classes, self.in_channels = num_classes, in_channels
@@ -79,8 +79,9 @@ class ChunkWorker:
 
     def placement(self) -> dict:
         """This actor's precision (device type, dtype) and process: the driver records and checks it."""
-        return {**self.precision, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()
-                if ray.is_initialized() else None}
+        ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        return {**self.precision, "pid": os.getpid(), "node": ctx.get_node_id() if ctx else None,
+                "gpus": float(ctx.get_assigned_resources().get("GPU", 0.0)) if ctx else 0.0}
 
     def _sized(self, s: SampleSettings) -> SampleSettings:
         """This device's settings: its autocast, and for `batch_size: auto` the batch probed here at each

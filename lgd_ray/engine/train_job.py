@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -19,11 +20,11 @@ import uuid
 import ray.train
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from safetensors.torch import load_file
 
 from ..core.config import Config, from_dict
-from ..core.data import load_part
+from ..core.data import ImageSet, ParquetImageSet, load_part
 from ..core.students import build_student
 from ..core.train import (
     TrainSettings,
@@ -35,34 +36,67 @@ from ..core.train import (
 from .store import OutputDir, weights_bytes
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the process image, so it starts afresh at
+    exec; ru_maxrss (the fallback off Linux) keeps the peak of the image the process was exec'd from."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_device() -> torch.device:
+    """This Train worker's device, decided here, where the model runs: its assigned GPU when torch sees
+    one, else the CPU (a GPU that is only declared, as in the two-node rehearsal, must not break the run)."""
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+
+# Collectives by tensor device: NCCL for CUDA tensors on real GPUs, gloo for CPU ones; chosen per tensor
+# in the workers, not from the driver's (CPU-only head's) view of the hardware.
+BACKEND = "cpu:gloo,cuda:nccl"
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: its shard of the set, batch_size // workers images a step."""
     cfg = from_dict(config["cfg"])
     class_ids = config["class_ids"]
+    # Both sources stream: decoded per image (resized once, to the student's size) by the worker's loader
+    # processes, so a worker's memory is its batches in flight, not the set.
     if config["stages"] is None:  # θ*: real train images, the selection split held out
         train_set = load_part(cfg.data, "train", class_ids)
     else:
-        train_set = OutputDir(config["out"]).read_stages(config["stages"], class_ids=class_ids).resized(cfg.data.image_size)
+        out = OutputDir(config["out"])
+        train_set = ParquetImageSet(out.stage_files(config["stages"]), class_ids, cfg.data.image_size, filesystem=out.fs)
     select_set = load_part(cfg.data, "select", class_ids)  # θ's accuracy chooses (ASHA): never the test split
     role = config["role"]
     section = cfg.reference if role == "reference" else cfg.student
-    device = ray.train.torch.get_device()
+    device = worker_device()
     model = build_student(section.arch, len(class_ids), cfg.data.image_size, config["in_channels"], seed=config["seed"])
     if config["init"] is not None:
         model.load_state_dict(config["init"], strict=True)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     sampler = shard_sampler(train_set, world, rank, config["seed"])
     settings = TrainSettings.from_section(section, config["seed"])
     settings.batch_size = worker_batch_size(section.batch_size, world, f"{role}.batch_size")
+    settings.loader_workers = cfg.ray.cpus_per_train_worker - 1  # the worker's other CPUs decode
     t0 = time.perf_counter()
     train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False)
     loop_s = time.perf_counter() - t0  # the part that scales with epochs × images (`lgd-ray plan` fits it)
     net = model.module if hasattr(model, "module") else model
-    acc, loss = evaluate_accuracy(net, select_set, device=device)
+    acc, loss = evaluate_accuracy(net, select_set, device=device, loader_workers=settings.loader_workers)
     metrics = {"select_acc": acc, "select_loss": loss, "train_images": len(train_set),
-               "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s}
+               "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s,
+               # where it ran, decided here (a CPU-only driver knows nothing of the worker's GPU), and what
+               # it held: the rank's peak resident memory (bounded by batches in flight, not by the set)
+               "device": device.type, "dtype": "bf16-autocast" if settings.amp and device.type == "cuda" else "fp32",
+               "peak_rss_mib": peak_rss_mib(),
+               "gpus": len(ray.get_gpu_ids()), "streamed": not isinstance(train_set, ImageSet)}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "model.safetensors"), "wb") as f:
@@ -82,8 +116,10 @@ def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_i
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=BACKEND),
         scaling_config=ScalingConfig(num_workers=cfg.ray.train_workers, use_gpu=gpus > 0,
-                                     resources_per_worker={"CPU": 1, "GPU": gpus} if gpus > 0 else {"CPU": 1}),
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_train_worker, "GPU": gpus}
+                                     if gpus > 0 else {"CPU": cfg.ray.cpus_per_train_worker}),
         # A fresh run name each time: reusing one under the same storage would resume the old run.
         run_config=RunConfig(name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=storage),
     )

@@ -45,7 +45,7 @@ def trial_resources(cfg: Config) -> dict:
     """
     r = cfg.ray
     sampler = {"CPU": float(r.cpus_per_sampler), "GPU": float(r.gpus_per_sampler)}
-    worker = {"CPU": 1.0, "GPU": float(r.gpus_per_train_worker)}
+    worker = {"CPU": float(r.cpus_per_train_worker), "GPU": float(r.gpus_per_train_worker)}
     sampling = {k: v * r.samplers for k, v in sampler.items()}
     training = {k: v * r.train_workers for k, v in worker.items()}
     peak = {k: HEAD.get(k, 0.0) + max(sampling[k], training[k]) for k in ("CPU", "GPU")}
