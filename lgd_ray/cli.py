@@ -268,6 +268,9 @@ def cmd_tune(a: argparse.Namespace) -> int:
     init_ray()
     summary = run_sweep(sweep, a.out, progress=not a.quiet)
     print(json.dumps(summary))
+    if summary["best"] is None:  # every trial failed: say so, and where the errors are
+        print(f"lgd-ray: every trial failed; errors in {a.out}/trials.csv and {a.out}/tune/*/error.txt", file=sys.stderr)
+        return 1
     print(f"trials.csv, trials.md, best.yaml and sweep.png in {a.out}")
     return 0
 

@@ -137,7 +137,7 @@ def rehearsal(tmp_path_factory):
              "distill.stages=1", "distill.ipc_seed=1", "distill.ipc_per_stage=1",
              "student.epochs=1", "student.batch_size=256", "reference.epochs=1", "reference.batch_size=256",
              "eval.epochs=1", "eval.seeds=[0]", f"eval.teacher={ref}",
-             "ray.samplers=1", "ray.cpus_per_sampler=1", "ray.train_workers=1"]
+             "ray.samplers=1", "ray.cpus_per_sampler=1", "ray.train_workers=1", "ray.cpus_per_train_worker=1"]
     temp = tempfile.mkdtemp(prefix="lgdreh", dir="/tmp")  # short: socket paths have a length limit
     cluster = TwoNodeCluster(temp)
     jobs, walls = {}, {}

@@ -9,6 +9,7 @@ reports the weights as a safetensors checkpoint; the driver copies them to `<out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -21,6 +22,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import _TorchBackend
 from safetensors.torch import load_file
 
 from ..core.config import Config, from_dict
@@ -55,9 +57,32 @@ def worker_device() -> torch.device:
     return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
 
 
-# Collectives by tensor device: NCCL for CUDA tensors on real GPUs, gloo for CPU ones; chosen per tensor
-# in the workers, not from the driver's (CPU-only head's) view of the hardware.
-BACKEND = "cpu:gloo,cuda:nccl"
+class _BackendChosenOnTheWorkers(_TorchBackend):
+    """Ray's torch backend, with the collective backend chosen where training runs: NCCL when the
+    workers' torch sees CUDA, else gloo. Ray's default picks NCCL whenever GPUs are requested, which a
+    GPU that is only declared (the two-node rehearsal) cannot start."""
+
+    def on_start(self, worker_group, backend_config: TorchConfig) -> None:
+        if backend_config.backend == ON_THE_WORKERS:
+            cuda = worker_group.execute_single(0, torch.cuda.is_available)
+            backend_config = dataclasses.replace(backend_config, backend="nccl" if cuda else "gloo")
+        super().on_start(worker_group, backend_config)
+
+
+# A backend name TorchTrainer leaves alone (it fills in "nccl" for an empty one when GPUs are requested,
+# in the driver); the workers replace it with nccl or gloo.
+ON_THE_WORKERS = "chosen-on-the-workers"
+
+
+@dataclasses.dataclass
+class WorkerTorchConfig(TorchConfig):
+    """TorchConfig whose backend is decided on the workers (Ray's backend_cls hook, as TorchftConfig uses)."""
+
+    backend: str = ON_THE_WORKERS
+
+    @property
+    def backend_cls(self):
+        return _BackendChosenOnTheWorkers
 
 
 def _train_loop(config: dict) -> None:
@@ -116,7 +141,7 @@ def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_i
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend=BACKEND),
+        torch_config=WorkerTorchConfig(),
         scaling_config=ScalingConfig(num_workers=cfg.ray.train_workers, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_train_worker, "GPU": gpus}
                                      if gpus > 0 else {"CPU": cfg.ray.cpus_per_train_worker}),

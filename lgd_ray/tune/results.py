@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from ..core.config import dump_yaml
@@ -33,7 +32,7 @@ def collect(grid, sweep: Sweep, out: str) -> list[dict]:
         status_raw = trial.status if trial is not None else "UNKNOWN"
         if res.error is not None or status_raw == "ERROR":
             status = "error"
-        elif OutputDir(os.path.join(out, "trials", tid)).manifest(sweep.stages) is not None:
+        elif OutputDir(f"{out.rstrip('/')}/trials/{tid}").manifest(sweep.stages) is not None:
             status = "completed"
         elif status_raw == "TERMINATED":
             status = "early-stopped"
@@ -43,7 +42,7 @@ def collect(grid, sweep: Sweep, out: str) -> list[dict]:
         last = max(accs) if accs else None
         rows.append({"trial_id": tid, "params": params, "acc": accs, "stages_done": last or 0,
                      "final_acc": accs[last] if last else None, "status": status,
-                     "error": str(res.error).splitlines()[0] if res.error is not None else ""})
+                     "error": _last_line(res.error)})
     rows.sort(key=lambda r: r["trial_id"])
     return rows
 
@@ -61,6 +60,14 @@ def _fmt(v: Any) -> str:
     return json.dumps(v) if isinstance(v, list) else str(v)
 
 
+def _last_line(error) -> str:
+    """The exception's own message: the last line of Ray's traceback (its first names only the task)."""
+    if error is None:
+        return ""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     keys = [p.key for p in sweep.space]
     stage_cols = [f"acc_stage{s}" for s in range(1, sweep.stages + 1)]
@@ -72,7 +79,8 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
         w.writerow([r["trial_id"], *[_fmt(r["params"][k]) for k in keys],
                     *[r["acc"].get(s, "") for s in range(1, sweep.stages + 1)],
                     "" if r["final_acc"] is None else r["final_acc"], r["stages_done"], r["status"], r["error"]])
-    Path(out, "trials.csv").write_text(buf.getvalue())
+    dest = OutputDir(out)  # a local folder, NFS, s3:// or gs://, as distill's --out
+    dest.write_text("trials.csv", buf.getvalue())
 
     best = best_row(rows, sweep.stages)
     md = [f"# Sweep ({len(rows)} trials, {sweep.stages} stages, ASHA grace {sweep.grace_period}, "
@@ -89,12 +97,12 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     if best is not None:
         md += ["", f"Best: {best['trial_id']} ({', '.join(f'{k}={_fmt(v)}' for k, v in best['params'].items())}), "
                f"selection-split accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
-    Path(out, "trials.md").write_text("\n".join(md) + "\n")
+    dest.write_text("trials.md", "\n".join(md) + "\n")
 
     if best is not None:
         cfg = config_with(sweep.base, best["params"])
-        Path(out, "best.yaml").write_text(f"# best trial {best['trial_id']} of `lgd-ray tune`; "
-                                          f"run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
+        dest.write_text("best.yaml", f"# best trial {best['trial_id']} of `lgd-ray tune`; "
+                                     f"run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
     plot_sweep(out, rows)
     counts: dict[str, int] = {}
     for r in rows:
@@ -135,4 +143,4 @@ def plot_sweep(out: str, rows: list[dict]) -> None:
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a narrow decade
         ax.legend(fontsize=8)
     ax.set(title="LGD sweep: accuracy at the last reported stage", xlabel="λ (distill.lam)", ylabel="selection-split acc %")
-    Path(out, "sweep.png").write_bytes(png_bytes(fig))
+    OutputDir(out).write_bytes("sweep.png", png_bytes(fig))

@@ -66,7 +66,7 @@ def max_concurrent(cfg: Config, cluster: dict, num_samples: int) -> int:
     """How many trials' peaks fit into the cluster's resources; a trial that cannot fit is a UserError."""
     peak = trial_resources(cfg)["peak"]
     fits = []
-    for k, need in peak.items():
+    for k, need in sorted(peak.items(), key=lambda kv: kv[0] != "GPU"):  # the scarcer resource is named first
         have = float(cluster.get(k, 0.0))
         n = math.floor(have / need + 1e-9)
         if n < 1:
@@ -127,7 +127,7 @@ def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: 
 
     cfg = config_with(from_dict(base), decode_params(space, config))
     trial_id = tune.get_context().get_trial_id()
-    out = os.path.join(out_root, "trials", trial_id)
+    out = f"{out_root.rstrip('/')}/trials/{trial_id}"
     # Tune captures the trial's children into its one-bundle group; the runner is scheduled outside it
     # ("DEFAULT"), so the samplers and the Ray Train run it starts take the cluster's free resources.
     runner = ray.remote(_DistillRunner).options(num_cpus=0, max_concurrency=2, scheduling_strategy="DEFAULT").remote()
@@ -158,30 +158,31 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     from ray.tune.schedulers import ASHAScheduler
 
     _quiet()
-    out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
-    exp_dir = os.path.join(out, EXPERIMENT)
-    saved = os.path.join(out, "sweep.json")
+    from ..engine.store import OutputDir
+
+    remote = "://" in out
+    out = out.rstrip("/") if remote else os.path.abspath(out)  # s3:// or gs:// like distill's --out
+    dest = OutputDir(out)
+    exp_dir = f"{out}/{EXPERIMENT}"
     spec = {"base": sweep.base_dict, "space": [[p.key, p.dist, p.values] for p in sweep.space],
             "num_samples": sweep.num_samples, "search": sweep.search, "metric": sweep.metric,
             "asha": [sweep.grace_period, sweep.reduction_factor], "seed": sweep.seed}
-    if os.path.isfile(saved):
-        old = json.load(open(saved))
-        if _spec_key(old) != _spec_key(spec):
-            raise UserError("out", f"{out} holds another sweep", "choose another --out")
-    with open(saved, "w") as f:
-        json.dump(spec, f, indent=1)
+    old = dest.read_json("sweep.json")
+    if old is not None and _spec_key(old) != _spec_key(spec):
+        raise UserError("out", f"{out} holds another sweep", "choose another --out")
+    restored = tune.Tuner.can_restore(exp_dir)
+    if not restored:  # a sweep the cluster cannot hold is refused before anything is written
+        concurrent = (min(sweep.max_concurrent, sweep.num_samples) if sweep.max_concurrent is not None
+                      else max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples))
+    dest.write_text("sweep.json", json.dumps(spec, indent=1))
 
     trainable = tune.with_parameters(_trial, base=sweep.base_dict, space=sweep.space, out_root=out, cwd=os.getcwd(),
                                      metric=sweep.metric)
     trainable = tune.with_resources(trainable, dict(HEAD))
     start = time.time()
-    restored = tune.Tuner.can_restore(exp_dir)
     if restored:
         tuner = tune.Tuner.restore(exp_dir, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        concurrent = (min(sweep.max_concurrent, sweep.num_samples) if sweep.max_concurrent is not None
-                      else max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples))
         # max_t past the last report: a trial that survives the last rung ends by itself, after it has
         # sampled its final increment (at max_t ASHA would stop it right after θ_{K-1}'s report)
         scheduler = ASHAScheduler(time_attr="stage", grace_period=sweep.grace_period,
