@@ -129,7 +129,7 @@ def dataset_card(out: OutputDir, stages: list[int] | None = None) -> str:
     names = class_names(out, stages) if stages else []
     download = sum(out.fs.get_file_info(out.path(stage_dir(s), p["file"])).size or 0
                    for s, m in manifests.items() for p in m["parts"])
-    d, g = cfg.get("distill", {}), cfg.get("generator", {})
+    d, g, data = cfg.get("distill", {}), cfg.get("generator", {}), cfg.get("data") or {}
     header = {
         "license": "unknown",
         "pretty_name": f"lgd-ray distilled set {saved.get('hash', '')}".strip(),
@@ -185,7 +185,7 @@ lists its parts with their sha256 (`lgd-ray verify` checks them).
 - Generator: `{g.get('path')}` ({g.get('scheduler')}, {g.get('num_steps')} steps, CFG {g.get('cfg_scale')}),
   files sha256 {_short(generator_hash(str(g.get('path')))) if g.get('path') else '–'}.
 - Reference θ*: {_short(ref) if guided else 'not used (λ = 0, κ = 1)'} ({(cfg.get('reference') or {}).get('arch')}).
-- Real data: {(cfg.get('data') or {}).get('name')} (classes `{(cfg.get('data') or {}).get('classes')}`, {(cfg.get('data') or {}).get('image_size')} px).
+- Real data: {data.get('name')} (classes: {data.get('classes') or 'all'}, {data.get('image_size')} px).
 - Config hash `{saved.get('hash', '?')}`; run seed {cfg.get('seed')}; sampled in {precision.get('dtype', '?')} on {precision.get('device', '?')}; {versions}.
   Every image is a pure function of (seed, stage, class, slot, candidate) and the stage's inputs.
 
