@@ -80,8 +80,9 @@ class ChunkWorker:
     def placement(self) -> dict:
         """This actor's precision (device type, dtype) and process: the driver records and checks it."""
         ctx = ray.get_runtime_context() if ray.is_initialized() else None
+        in_actor = ctx is not None and ctx.get_actor_id() is not None  # in-process (the bench): no assignment
         return {**self.precision, "pid": os.getpid(), "node": ctx.get_node_id() if ctx else None,
-                "gpus": float(ctx.get_assigned_resources().get("GPU", 0.0)) if ctx else 0.0}
+                "gpus": float(ctx.get_assigned_resources().get("GPU", 0.0)) if in_actor else 0.0}
 
     def _sized(self, s: SampleSettings) -> SampleSettings:
         """This device's settings: its autocast, and for `batch_size: auto` the batch probed here at each
