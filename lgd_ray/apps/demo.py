@@ -167,7 +167,7 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
 
     demo = OutputDir(out_uri)
     progression_plot(curves, demo, rel="progression.png", xlabel="images per class (stages)",
-                     title="real-val accuracy after each stage")
+                     title="test-split accuracy after each stage")
     table = results_table(results)
     demo.write_text("results.json", json.dumps({"config_hash": cfg.hash(), "seeds": cfg.eval.seeds, "results": results,
                                                 "progression": curves, "outputs": uris}, indent=1))
@@ -244,6 +244,6 @@ easy / ambiguous / hard fractions are in each output's `cartography.json` and `c
 {carto}
 
 ## Plots
-- `progression.png`: real-val accuracy after each stage.
+- `progression.png`: test-split accuracy after each stage.
 {previews}
 """

@@ -146,7 +146,7 @@ def cartography_report(out_uri: str, *, seed: int | None = None, epochs: int | N
 
 
 def progression_plot(curves: dict[str, list[tuple[int, float]]], dest: OutputDir | str | None = None, *,
-                     rel: str = "progression.png", xlabel: str = "stage", ylabel: str = "real-val accuracy",
+                     rel: str = "progression.png", xlabel: str = "stage", ylabel: str = "test-split accuracy",
                      title: str = "") -> bytes:
     """Accuracy against stage (or IPC) for several methods, e.g. {"LGD": [(0, .71), (1, .78)], ...}.
     `dest`: an OutputDir (written at `rel`), a PNG file path or URI, or None (bytes only)."""
