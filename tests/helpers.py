@@ -96,3 +96,43 @@ def write_hub_dit(root: Path, image_size: int = 16, seed: int = 0):
     }
     (root / "model_index.json").write_text(json.dumps(model_index, indent=2))
     return original
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a private Ray node or dashboard."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def submit_job(cmd: list[str], env: dict, timeout: float):
+    """Run a `ray job submit ...` command, retried while the head's job agent is not up yet (it comes
+    a little after the jobs API answers); returns the last CompletedProcess."""
+    import subprocess
+    import time
+
+    for _ in range(30):
+        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if "No available agent" not in job.stdout + job.stderr:
+            return job
+        time.sleep(2)
+    return job
+
+
+def write_class_folder(root: Path, classes: tuple[str, ...], per_split: tuple[int, int], size: int = 8) -> Path:
+    """root/{train,val}/<class>/img_NNN.png, per_split images each; class c is bright in channel c, so
+    a small net learns it in seconds."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), per_split):
+        for c, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[:, :, c] += 180
+                Image.fromarray(img).save(root / split / name / f"img_{i:03d}.png")
+    return root

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, tiny_overrides
+from helpers import ROOT, free_port, tiny_overrides
 
 pytestmark = pytest.mark.multinode
 
@@ -41,12 +40,6 @@ WORKER = {"CPU": 2, "GPU": 1, "object_store_memory": 200 * 1024 * 1024}
 GPU_OVERRIDES = ["ray.samplers=1", "ray.gpus_per_sampler=1", "ray.gpus_per_train_worker=1"]
 SWEEP = {"space": {"distill.lam": {"loguniform": [0.05, 0.5]}, "distill.omega": {"uniform": [0.0, 1.0]}},
          "num_samples": 2, "seed": 1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[int, int]:
@@ -180,7 +173,7 @@ def autoscaling_cluster():
     root = tempfile.mkdtemp(prefix="lgd-as-")  # short: Ray's socket paths live under it
     from ray._private import services
 
-    port = _free_port()
+    port = free_port()
     address = f"{services.get_node_ip_address()}:{port}"
     config = Path(root, "autoscaling.json")
     config.write_text(json.dumps(autoscaling_config(address, WORKER, max_workers=2)))
@@ -191,7 +184,7 @@ def autoscaling_cluster():
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--autoscaling-config={config}",
            f"--port={port}", f"--temp-dir={Path(root, 'ray')}", "--num-cpus=0", "--num-gpus=0",
            f"--object-store-memory={200 * 1024 * 1024}", "--include-dashboard=false",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            "--disable-usage-stats"]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)

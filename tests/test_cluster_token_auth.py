@@ -14,7 +14,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,17 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import free_port, submit_job
+
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTERS = ROOT / "clusters"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_up_auth_env() -> dict[str, str]:
@@ -128,11 +123,7 @@ def test_token_auth_with_the_cluster_files_variable_names(tmp_path):
                   "while sum(n['Alive'] for n in ray.nodes()) < 2 and time.time() - t < 120: time.sleep(1)\n"
                   "print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))")
         submit = ["ray", "job", "submit", "--address", address, "--", "python", "-c", driver]
-        for _ in range(30):  # the head's job agent comes up a little after its HTTP API
-            job = subprocess.run(submit, env=client_env, capture_output=True, text=True, timeout=300)
-            if "No available agent" not in job.stderr + job.stdout:
-                break
-            time.sleep(2)
+        job = submit_job(submit, client_env, timeout=300)
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
         # the driver (started by the cluster, not given the token by us) reached the GCS, and the
         # worker that joined with RAY_AUTH_TOKEN is alive in it

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lgd_ray.core.config import load_config
 
+from helpers import write_class_folder
+
 
 def make_folder(root, classes=("n01440764", "n02102040"), per_split=(12, 6), size=8):
-    rng = np.random.default_rng(0)
-    for split, n in zip(("train", "val"), per_split):
-        for c, wnid in enumerate(classes):
-            (root / split / wnid).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                img[:, :, c] += 180  # class 0 red, class 1 green: learnable
-                Image.fromarray(img).save(root / split / wnid / f"img_{i:03d}.png")
+    return write_class_folder(root, classes, per_split, size)
 
 
 @pytest.mark.slow

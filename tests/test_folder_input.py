@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
 
-from helpers import assert_refused
+from helpers import assert_refused, write_class_folder
 
 
 def make_folder(root, classes=("dog", "cat"), n=(6, 3), size=8):
-    """root/train/<class>/*.png and root/val/...: class c is bright in channel c (learnable)."""
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), n):
-        for c, name in enumerate(classes):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                img[:, :, c] += 180
-                Image.fromarray(img).save(root / split / name / f"img_{i:02d}.png")
-    return root
+    return write_class_folder(root, classes, n, size)
 
 
 def test_unset_classes_take_every_class_folder_like_torchvision(tmp_path):

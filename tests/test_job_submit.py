@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port, submit_job
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")
@@ -49,11 +44,7 @@ def test_job_submit_runs_the_demo_config(tmp_path, tiny_generator_dir):
                      "reference.epochs=1", "distill.chunk_size=5"]
         submit = ["ray", "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
                   "lgd-ray", "distill", "jobs/demo.yaml", *overrides, "--out", str(out), "--quiet"]
-        for _ in range(30):  # the head's job agent comes up a little after its HTTP API
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=400)
-            if "No available agent" not in job.stderr + job.stdout:
-                break
-            time.sleep(2)
+        job = submit_job(submit, env, timeout=400)
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
         assert "succeeded" in job.stdout
     finally:

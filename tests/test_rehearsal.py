@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,18 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ROOT, write_hub_dit
+from helpers import ROOT, free_port, submit_job, write_hub_dit
 
 pytestmark = pytest.mark.rehearsal
 
 GPUS = 2  # declared on the worker node: one sampler actor and one Train worker side by side
 TRAIN_PER_CLASS, VAL_PER_CLASS = 4, 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_imagenet_folder(root: Path, px: int = 64) -> None:
@@ -95,12 +88,7 @@ class TwoNodeCluster:
 
     def submit(self, *args: str) -> subprocess.CompletedProcess:
         cmd = ["ray", "job", "submit", "--address", self.address, "--working-dir", str(ROOT), "--", "lgd-ray", *args]
-        for _ in range(30):  # the job agent comes up a little after the jobs API
-            job = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=1500)
-            if "No available agent" not in job.stdout + job.stderr:
-                return job
-            time.sleep(2)
-        return job
+        return submit_job(cmd, self.env, timeout=1500)
 
     def stop(self) -> None:
         for p in reversed(self.procs):
