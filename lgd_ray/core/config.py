@@ -135,6 +135,15 @@ class RayConfig:
     # each evaluation, redundancy and cartography task (one classifier trained from scratch); auto = 1
     # when the Train workers use GPUs (the job says it runs on GPUs), else 0
     gpus_per_task: Any = "auto"
+    # Failures (README "Failures"). A lost sampler actor is restarted by Ray up to `sampler_restarts`
+    # times and its chunks in flight are retried on it; an actor with no finished chunk for
+    # `chunk_timeout_s` is taken as hung, killed and restarted the same way.
+    sampler_restarts: int = 3
+    chunk_timeout_s: float = 1800.0
+    # A lost Ray Train worker: the worker group restarts up to `train_failures` times
+    # (FailureConfig) and resumes from the last checkpoint, written every `checkpoint_every` epochs.
+    train_failures: int = 3
+    checkpoint_every: int = 5
 
     def task_gpus(self) -> float:
         """GPUs one evaluation-like task asks Ray for (`gpus_per_task`, auto resolved)."""
@@ -175,7 +184,8 @@ class Config:
 # Keys that only place the work; the output is independent of them (tests prove it for samplers).
 # generator.vae_checkpointing recomputes the same ops on the same inputs (a test checks the outputs).
 EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler", "ray.gpus_per_task",
-                  "ray.cpus_per_train_worker",
+                  "ray.cpus_per_train_worker", "ray.sampler_restarts", "ray.chunk_timeout_s",
+                  "ray.train_failures", "ray.checkpoint_every",  # retries and checkpoints change no byte
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 PROTOCOLS = ("hard", "soft")
@@ -364,6 +374,16 @@ def validate(cfg: Config) -> None:
     if t != "auto" and (isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0):
         raise UserError("ray.gpus_per_task", f"expected a number >= 0 or auto, got {t!r}",
                         "give e.g. 1 (one GPU per evaluation task), 0 on CPU, or auto")
+    for name in ("sampler_restarts", "train_failures"):
+        v = getattr(cfg.ray, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < -1:
+            raise UserError(f"ray.{name}", f"expected an integer >= 0 (or -1: no limit), got {v!r}", "use e.g. 3")
+    if not isinstance(cfg.ray.checkpoint_every, int) or cfg.ray.checkpoint_every < 1:
+        raise UserError("ray.checkpoint_every", f"expected an integer >= 1 (epochs), got {cfg.ray.checkpoint_every!r}",
+                        "use e.g. 5")
+    if not cfg.ray.chunk_timeout_s > 0:
+        raise UserError("ray.chunk_timeout_s", f"expected seconds > 0, got {cfg.ray.chunk_timeout_s!r}",
+                        "use e.g. 1800 (it must cover a chunk plus loading the generator on a restarted actor)")
     if cfg.ray.cpus_per_sampler < 0 or cfg.ray.gpus_per_sampler < 0:
         raise UserError("ray.gpus_per_sampler", "resources must be >= 0", "use 0 on CPU")
 
