@@ -143,6 +143,39 @@ def test_same_seed_same_weights_other_seed_other_weights():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_run_resumed_from_an_epoch_checkpoint_ends_with_the_same_weights(tmp_path):
+    """Stop after epoch 4 of 6 (the process dies), restore weights and state from disk, finish: the
+    bytes of an uninterrupted run. Optimizer momentum, the shuffle and the augmentation RNG all carry."""
+    data = quadrant_set(4, 0)
+    s = TrainSettings(epochs=6, batch_size=5, optimizer="sgd", augment="imagenet", cutmix=0.5, seed=3)
+    whole = tiny_model()
+    saved: list[int] = []
+    train_classifier(whole, data, s, checkpoint_every=2, on_checkpoint=lambda st: saved.append(st["epoch"]))
+    assert saved == [2, 4]  # none at the last epoch: the finished weights are the result itself
+
+    class Died(Exception):
+        pass
+
+    first = tiny_model()
+
+    def keep(state):
+        torch.save(state, tmp_path / "state.pt")
+        torch.save(first.state_dict(), tmp_path / "model.pt")
+        if state["epoch"] == 4:
+            raise Died
+
+    with pytest.raises(Died):
+        train_classifier(first, data, s, checkpoint_every=2, on_checkpoint=keep)
+    resumed = tiny_model(seed=9)  # another init: every weight must come from the checkpoint
+    resumed.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    history = train_classifier(resumed, data, s, resume=torch.load(tmp_path / "state.pt", weights_only=True))
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    ref = whole.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in resumed.state_dict().items())
+    # and the stopped run had two epochs to go: the resumed run did real work
+    assert any(not torch.equal(ref[k], v) for k, v in first.state_dict().items())
+
+
 def test_distributed_sampler_gets_set_epoch():
     data = quadrant_set(4, 0)
 

@@ -229,9 +229,16 @@ def train_classifier(model: nn.Module, dataset: Dataset, settings: TrainSettings
                      device: str | torch.device = "cpu", sampler: Sampler | None = None,
                      eval_fn: Callable[[nn.Module], dict] | None = None, eval_every: int = 0,
                      on_epoch: Callable[[dict], None] | None = None, progress: bool = False,
-                     teacher: nn.Module | None = None, temperature: float = SOFT_LABEL_TEMPERATURE) -> list[dict]:
+                     teacher: nn.Module | None = None, temperature: float = SOFT_LABEL_TEMPERATURE,
+                     checkpoint_every: int = 0, on_checkpoint: Callable[[dict], None] | None = None,
+                     resume: dict | None = None) -> list[dict]:
     """Train `model` in place; return one record per epoch: epoch, train_loss, lr, and the
     `eval_fn(model)` metrics every `eval_every` epochs and after the last (when eval_fn is given).
+
+    Every `checkpoint_every` epochs (before the last) `on_checkpoint(state)` gets what, beside the
+    model's weights, a resumed run needs to continue as if never stopped: the epochs done, the
+    optimizer, both generators and the history. `resume` is such a state, with the weights already
+    loaded into `model` by the caller; training then continues at the next epoch, with the same bytes.
 
     With a `teacher` this is the soft-label protocol (RDED): every augmented, CutMix'ed batch is
     labelled by the frozen teacher and the loss is `soft_label_loss`; the set's labels are unused.
@@ -255,7 +262,14 @@ def train_classifier(model: nn.Module, dataset: Dataset, settings: TrainSettings
     num_classes = _num_classes(model, dataset) if settings.cutmix > 0 else 0
     opt = make_optimizer(model, settings)
     history: list[dict] = []
-    bar = tqdm(range(settings.epochs), desc="train", disable=not progress, leave=False)
+    start = 0
+    if resume is not None:
+        start, history = int(resume["epoch"]), list(resume["history"])
+        opt.load_state_dict(resume["optimizer"])
+        shuffle_gen.set_state(resume["rng"]["shuffle"])
+        aug_gen.set_state(resume["rng"]["augment"])
+    bar = tqdm(range(start, settings.epochs), desc="train", disable=not progress, leave=False,
+               initial=start, total=settings.epochs)
     for epoch in bar:
         lr = lr_at(settings, epoch)
         for group in opt.param_groups:
@@ -294,6 +308,10 @@ def train_classifier(model: nn.Module, dataset: Dataset, settings: TrainSettings
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
         if on_epoch is not None:
             on_epoch(record)
+        if on_checkpoint is not None and checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0 \
+                and epoch + 1 < settings.epochs:
+            on_checkpoint({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": list(history),
+                           "rng": {"shuffle": shuffle_gen.get_state(), "augment": aug_gen.get_state()}})
     bar.close()
     if teacher is not None:
         teacher.train(teacher_was_training)
