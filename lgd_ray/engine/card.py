@@ -104,8 +104,8 @@ def evaluation_table(out: OutputDir) -> str | None:
     if not saved or not saved.get("results"):
         return None
     e = saved.get("eval") or {}
-    lines = [f"Protocol: {e.get('arch', '?')} trained from scratch for {e.get('epochs', '?')} epochs on this set, "
-             f"{e.get('protocol', 'hard')} labels, tested on the real test split; mean ± std over seeds.", "",
+    lines = [(f"Protocol: {e.get('arch', '?')} trained from scratch for {e.get('epochs', '?')} epochs on this set, "
+             f"{e.get('protocol', 'hard')} labels, tested on the real test split; mean ± std over seeds."), "",
              "| set | IPC | images | final acc % | best acc % | seeds |", "|---|---|---|---|---|---|"]
     for name, r in saved["results"].items():
         lines.append(f"| {name} | {r.get('ipc', '–')} | {r.get('images', '–')} | "

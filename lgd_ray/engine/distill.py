@@ -25,7 +25,7 @@ from ..core.errors import UserError
 from ..core.guidance import ClassMemory
 from ..core.sampler import Sample, SampleSettings
 from ..core.work import WorkItem, chunk, stage_ipc, stage_items
-from .run import RunInfo, log, resolve_run
+from .run import RunInfo, log, report_failure, resolve_run
 from .store import (
     OutputDir,
     StageParams,
@@ -140,7 +140,7 @@ def _has_parquet(path: str) -> bool:
     return os.path.isdir(path) and any(f.endswith(".parquet") for _, _, fs in os.walk(path) for f in fs)
 
 
-def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "LazyPool", student_state, progress: bool) -> None:
+def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: LazyPool, student_state, progress: bool) -> None:
     """Write the stage's missing or damaged parts, then its manifest."""
     ipc = stage_ipc(stage, cfg.distill.ipc_seed, cfg.distill.ipc_per_stage)
     chunks = dict(enumerate(chunk(stage_items(stage, len(run.class_ids), ipc), cfg.distill.chunk_size)))
@@ -173,7 +173,8 @@ def sample_stage(cfg: Config, out: OutputDir, run: RunInfo, stage: int, pool: "L
         wall = time.perf_counter() - t0
         out.append_jsonl("metrics.jsonl", {"event": "sample", "stage": stage, "wall_s": wall,
                                            "setup_s": wall - sampler.sampling_s, "chunks": len(todo),
-                                           "samplers": cfg.ray.samplers, "actors": sampler.placements})
+                                           "samplers": cfg.ray.samplers, "actors": sampler.placements,
+                                           "failures": len(sampler.failures)})
     inputs = {"config_hash": cfg.hash(), "generator": cfg.generator.path,
               "student": sha256(weights_bytes(student_state)) if stage > 0 and student_state else None,
               "precision": (out.read_json("config.json") or {}).get("precision")}
@@ -269,7 +270,9 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
     reference = ensure_reference(cfg, out, run, progress) if guided else None
     pool = LazyPool(lambda: SamplerPool(cfg.to_dict(), out.uri, reference, len(run.class_ids), run.in_channels,
                                         samplers=cfg.ray.samplers, cpus=cfg.ray.cpus_per_sampler,
-                                        gpus=cfg.ray.gpus_per_sampler))
+                                        gpus=cfg.ray.gpus_per_sampler, restarts=cfg.ray.sampler_restarts,
+                                        chunk_timeout_s=cfg.ray.chunk_timeout_s,
+                                        on_failure=lambda record, msg: report_failure(out, record, msg)))
     student = None
     if keep_samplers is None:
         import ray

@@ -96,7 +96,7 @@ def lines(curves: dict[str, Sequence[tuple[float, float]]], *, title: str = "", 
 def image_grid(rows: list[list[np.ndarray]], scale: int = 1, pad: int = 1) -> Image.Image:
     """rows of C×H×W uint8 images -> one PIL image (grey background between tiles)."""
     cols = max((len(r) for r in rows), default=1)
-    c, h, w = next(img.shape for r in rows for img in r)
+    _c, h, w = next(img.shape for r in rows for img in r)
     grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 96, np.uint8)
     for i, r in enumerate(rows):
         for j, img in enumerate(r):

@@ -20,6 +20,13 @@ def log(progress: bool, msg: str) -> None:
         print(f"[lgd-ray] {msg}", file=sys.stderr, flush=True)
 
 
+def report_failure(out, record: dict, msg: str) -> None:
+    """A failure the run survived: one line on stderr (always, progress or not) and a `failure` event
+    in metrics.jsonl, so a finished run shows what it lost and what was redone."""
+    print(f"[lgd-ray] recovered: {msg}", file=sys.stderr, flush=True)
+    out.append_jsonl("metrics.jsonl", {"event": "failure", **record})
+
+
 def init_ray() -> None:
     """Attach to the cluster this driver runs on (job submit, `ray start`), else start a local one."""
     import ray

@@ -23,7 +23,7 @@ from ..core.generator import load_generator
 from ..core.sampler import SampleSettings, sample_items
 from ..core.students import build_student
 from ..core.work import WorkItem
-from .store import OutputDir, StageParams
+from .store import OutputDir, StageParams, stage_name
 
 
 def pick_device(gpus: float) -> torch.device:
@@ -61,6 +61,7 @@ class ChunkWorker:
         self.settings: SampleSettings | None = None
         self.params: StageParams | None = None
         self.memory: dict[int, torch.Tensor] = {}
+        self.stage_inputs: str | None = None  # the object id of the stage inputs in use (load_stage)
 
     def _model(self, arch: str, state: dict | None):
         if state is None:
@@ -76,6 +77,16 @@ class ChunkWorker:
         self.memory = {k: v.to(self.device) for k, v in (memory or {}).items()}
         self.settings = self._sized(settings)
         return os.getpid()
+
+    def load_stage(self, inputs: list) -> dict:
+        """The stage's inputs from the object store, `[ref]` to (settings, params, θ_{i-1}, memory), loaded
+        unless they are the ones in use. Every chunk names its stage's inputs, so an actor that Ray
+        restarted (a fresh __init__, nothing of the stage) fetches them again before its retried chunk."""
+        ref = inputs[0]  # wrapped in a list, so Ray hands over the reference, not the value
+        if ref.hex() != self.stage_inputs:
+            self.set_stage(*ray.get(ref))
+            self.stage_inputs = ref.hex()
+        return self.placement()
 
     def placement(self) -> dict:
         """This actor's precision (device type, dtype) and process: the driver records and checks it."""
@@ -96,10 +107,15 @@ class ChunkWorker:
         batch = auto_batch_size(self.gen, s, cap, self.student, self.reference)
         return replace(s, batch_size=batch, auto_batch=False)
 
-    def run_chunk(self, stage: int, chunk_index: int, items: list[WorkItem]) -> dict:
+    def run_chunk(self, stage: int, chunk_index: int, items: list[WorkItem], inputs: list | None = None) -> dict:
+        """Sample a chunk and write its part; returns the part's info and, with `inputs` (the pool's
+        path), the writer's pid, which tells the driver whether the actor was restarted meanwhile."""
+        if inputs is not None:
+            self.load_stage(inputs)
         samples = sample_items(self.gen, items, self.settings, self.params.class_map, student=self.student,
                                reference=self.reference, memory=self.memory)
-        return self.out.write_part(stage, chunk_index, samples, self.params)
+        info = self.out.write_part(stage, chunk_index, samples, self.params)
+        return info if inputs is None else {**info, "writer": {**self.precision, "pid": os.getpid()}}
 
 
 SamplerActor = ray.remote(ChunkWorker)
@@ -122,15 +138,31 @@ def user_errors(fn: Callable):
 
 
 class SamplerPool:
+    """ChunkWorker actors and the chunks dealt to them, `depth` in flight per actor.
+
+    Failures are Ray's to repair: each actor restarts up to `restarts` times (a fresh process, on any
+    node that has room) and its chunks in flight are retried on it (`max_task_retries`), while the
+    other actors' chunks go on untouched. Parts are pure functions of their chunk, written atomically,
+    so a redone chunk writes the very bytes it would have written. What Ray cannot see is a hung actor:
+    one with no finished chunk for `chunk_timeout_s` is killed (and so restarted). An actor whose
+    restarts are used up leaves its chunks to the others.
+    """
+
     depth = 2
 
     def __init__(self, cfg: dict, out_uri: str, reference_state: dict | None, num_classes: int, in_channels: int,
-                 *, samplers: int, cpus: float, gpus: float):
+                 *, samplers: int, cpus: float, gpus: float, restarts: int = 3, chunk_timeout_s: float = 1800.0,
+                 on_failure: Callable[[dict, str], None] | None = None):
         ref = ray.put(reference_state)
         threads = max(1, int(cpus)) if gpus == 0 else None
-        opts = {"num_cpus": cpus, "num_gpus": gpus}
+        # SPREAD: the actors of one pool on as many nodes as there are, so a lost node takes few of them
+        opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": restarts, "max_task_retries": -1,
+                "scheduling_strategy": "SPREAD"}
         self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads)
                        for _ in range(samplers)]
+        self.chunk_timeout_s = chunk_timeout_s
+        self.on_failure = on_failure or (lambda record, msg: None)
+        self.failures: list[dict] = []  # of the last run_stage
         self.sampling_s = 0.0  # the last run_stage's chunk loop, after the actors were ready for the stage
         self.placements = user_errors(lambda: ray.get([a.placement.remote() for a in self.actors]))
 
@@ -144,31 +176,87 @@ class SamplerPool:
         device, dtype = kinds.pop()
         return {"device": device, "dtype": dtype}
 
+    def _failure(self, record: dict, msg: str) -> None:
+        self.failures.append(record)
+        self.on_failure(record, msg)
+
     def run_stage(self, stage: int, chunks: dict[int, list[WorkItem]], settings: SampleSettings, params: StageParams,
                   student_state: dict | None, memory: dict | None,
                   on_part: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
         """Sample the given chunks (index -> items); returns index -> part info. Order-free, deterministic."""
-        student_ref, memory_ref = ray.put(student_state), ray.put(memory)
-        user_errors(lambda: ray.get([a.set_stage.remote(settings, params, student_ref, memory_ref) for a in self.actors]))
+        inputs = [ray.put((settings, params, student_state, memory))]
+        self.placements = user_errors(lambda: ray.get([a.load_stage.remote(inputs) for a in self.actors]))
+        precision = self.precision
+        pids = [p["pid"] for p in self.placements]
+        self.failures = []
         t0 = time.perf_counter()
         todo = sorted(chunks)
-        pending: dict = {}
+        pending: dict = {}  # task -> (actor index, chunk index)
         done: dict[int, dict] = {}
+        live = set(range(len(self.actors)))
+        last = [time.monotonic()] * len(self.actors)  # per actor: when it last finished a chunk, or got one idle
         # Two chunks in flight per actor: the next one is queued while the current one runs,
         # so an actor never idles on the driver's round trip.
-        slots = [a for a in self.actors for _ in range(self.depth)]
+        slots = [i for i in live for _ in range(self.depth)]
         while todo or pending:
             while todo and slots:
-                actor, idx = slots.pop(0), todo.pop(0)
-                pending[actor.run_chunk.remote(stage, idx, chunks[idx])] = (actor, idx)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            actor, idx = pending.pop(ready[0])
-            done[idx] = ray.get(ready[0])
-            slots.append(actor)
+                i, idx = slots.pop(0), todo.pop(0)
+                if not any(a == i for a, _ in pending.values()):
+                    last[i] = time.monotonic()
+                pending[self.actors[i].run_chunk.remote(stage, idx, chunks[idx], inputs)] = (i, idx)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=min(10.0, self.chunk_timeout_s / 4))
+            if not ready:
+                self._kill_hung(stage, pending, last)
+                continue
+            task = ready[0]
+            i, idx = pending.pop(task)
+            try:
+                info = user_errors(lambda: ray.get(task))  # noqa: B023 -- called at once
+            except ray.exceptions.RayActorError as e:  # restarts used up: its chunks go to the others
+                live.discard(i)
+                slots = [a for a in slots if a != i]
+                todo = sorted([*todo, idx])
+                self._failure({"kind": "sampler_actor_gone", "stage": stage, "actor": i, "pid": pids[i],
+                               "chunk": idx}, f"sampler actor {i} (pid {pids[i]}) is gone for good "
+                              f"({type(e).__name__}); chunk {idx} goes to the other actors")
+                if not live:
+                    raise RuntimeError(f"every sampler actor is gone (ray.sampler_restarts used up); "
+                                       f"{len(todo)} chunks of {stage_name(stage)} left: rerun to resume") from e
+                continue
+            writer = info.pop("writer")
+            if writer["pid"] != pids[i]:
+                redone = sorted([idx, *(c for a, c in pending.values() if a == i)])
+                self._failure({"kind": "sampler_actor_restarted", "stage": stage, "actor": i, "pid": pids[i],
+                               "new_pid": writer["pid"], "chunks_retried": redone},
+                              f"sampler actor {i} (pid {pids[i]}) was lost; Ray restarted it as pid "
+                              f"{writer['pid']} and retried chunk(s) {redone} of {stage_name(stage)} on it")
+                pids[i] = writer["pid"]
+            if (writer["device"], writer["dtype"]) != (precision["device"], precision["dtype"]):
+                raise UserError("ray.gpus_per_sampler", f"sampler actor {i} was restarted on a {writer['device']} "
+                                f"({writer['dtype']}) while the stage runs {precision['dtype']} on {precision['device']}",
+                                "give every node that can hold a sampler the same kind of device")
+            last[i] = time.monotonic()
+            done[idx] = info
+            slots.append(i)
             if on_part:
                 on_part(idx, done[idx])
         self.sampling_s = time.perf_counter() - t0
         return done
+
+    def _kill_hung(self, stage: int, pending: dict, last: list[float]) -> None:
+        """Kill each actor that has chunks in flight but finished none for chunk_timeout_s: Ray restarts
+        it and retries those chunks on it (a kill counts as one of its restarts)."""
+        now = time.monotonic()
+        for i in sorted({a for a, _ in pending.values()}):
+            if now - last[i] > self.chunk_timeout_s:
+                chunks = sorted(c for a, c in pending.values() if a == i)
+                self._failure({"kind": "sampler_actor_hung", "stage": stage, "actor": i, "chunks": chunks,
+                               "timeout_s": self.chunk_timeout_s},
+                              f"sampler actor {i} finished no chunk in {self.chunk_timeout_s:g} s "
+                              f"(ray.chunk_timeout_s) with chunk(s) {chunks} of {stage_name(stage)} in flight: "
+                              "killed; Ray restarts it and retries them")
+                ray.kill(self.actors[i], no_restart=False)
+                last[i] = now  # the restart (a fresh process loading the generator) gets a full timeout too
 
     def shutdown(self) -> None:
         for a in self.actors:

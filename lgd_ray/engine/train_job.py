@@ -13,14 +13,18 @@ import dataclasses
 import json
 import os
 import resource
-import shutil
 import tempfile
 import time
-import uuid
 
 import ray.train
 import torch
-from ray.train import Checkpoint, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import _TorchBackend
 from safetensors.torch import load_file
@@ -35,6 +39,7 @@ from ..core.train import (
     train_classifier,
     worker_batch_size,
 )
+from .run import report_failure
 from .store import OutputDir, weights_bytes
 
 
@@ -103,17 +108,32 @@ def _train_loop(config: dict) -> None:
     model = build_student(section.arch, len(class_ids), cfg.data.image_size, config["in_channels"], seed=config["seed"])
     if config["init"] is not None:
         model.load_state_dict(config["init"], strict=True)
+    # A worker group restarted after a lost worker (FailureConfig), or a rerun of a killed driver (the
+    # same run name), finds the last epoch checkpoint here and continues from it, bit for bit on a CPU.
+    resume = read_epoch_checkpoint(model, ray.train.get_checkpoint())
     model = ray.train.torch.prepare_model(model, move_to_device=device)
+    net = model.module if hasattr(model, "module") else model
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
     sampler = shard_sampler(train_set, world, rank, config["seed"])
     settings = TrainSettings.from_section(section, config["seed"])
     settings.batch_size = worker_batch_size(section.batch_size, world, f"{role}.batch_size")
     settings.loader_workers = cfg.ray.cpus_per_train_worker - 1  # the worker's other CPUs decode
+
+    def report_epoch(state: dict) -> None:  # every rank reports (Ray Train's rule); rank 0 holds the files
+        metrics = {"epoch": state["epoch"], "train_loss": state["history"][-1]["train_loss"]}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            write_epoch_checkpoint(d, net.state_dict(), state)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
     t0 = time.perf_counter()
-    train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False)
+    if not (resume and resume.get("finished")):  # a group lost after the final report has nothing to redo
+        train_classifier(model, train_set, settings, device=device, sampler=sampler, progress=False,
+                         checkpoint_every=cfg.ray.checkpoint_every, on_checkpoint=report_epoch, resume=resume)
     loop_s = time.perf_counter() - t0  # the part that scales with epochs × images (`lgd-ray plan` fits it)
-    net = model.module if hasattr(model, "module") else model
     acc, loss = evaluate_accuracy(net, select_set, device=device, loader_workers=settings.loader_workers)
     metrics = {"select_acc": acc, "select_loss": loss, "train_images": len(train_set),
                "global_batch": settings.batch_size * world, "epochs": settings.epochs, "loop_s": loop_s,
@@ -121,14 +141,41 @@ def _train_loop(config: dict) -> None:
                # it held: the rank's peak resident memory (bounded by batches in flight, not by the set)
                "device": device.type, "dtype": "bf16-autocast" if settings.amp and device.type == "cuda" else "fp32",
                "peak_rss_mib": peak_rss_mib(),
-               "gpus": len(ray.get_gpu_ids()), "streamed": not isinstance(train_set, ImageSet)}
+               "gpus": len(ray.get_gpu_ids()), "streamed": not isinstance(train_set, ImageSet),
+               "resumed_from_epoch": resume["epoch"] if resume else 0}
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "model.safetensors"), "wb") as f:
-                f.write(weights_bytes(net.state_dict()))
+            write_epoch_checkpoint(d, net.state_dict(), {"epoch": settings.epochs, "finished": True})
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
     else:
         ray.train.report(metrics)
+
+
+TRAIN_STATE = "train_state.pt"
+
+
+def write_epoch_checkpoint(folder: str, weights: dict[str, torch.Tensor], state: dict) -> None:
+    """An epoch checkpoint: the weights as safetensors, the rest of the state (optimizer, generators,
+    history: tensors and plain values only) as a torch file read back with weights_only=True."""
+    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
+        f.write(weights_bytes(weights))
+    torch.save(state, os.path.join(folder, TRAIN_STATE))
+
+
+def read_epoch_checkpoint(model: torch.nn.Module, checkpoint: Checkpoint | None) -> dict | None:
+    """Load an epoch checkpoint's weights into `model`; return the state to resume from (None: start)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(load_file(os.path.join(d, "model.safetensors")), strict=True)
+        return torch.load(os.path.join(d, TRAIN_STATE), weights_only=True)
+
+
+def run_name(cfg: Config, name: str) -> str:
+    """Ray Train's run name: the same for the same (config, role, stage), so a rerun of a killed driver
+    finds the run's epoch checkpoints under `<out>/_ray_train/<name>` and resumes from them. A finished
+    run's folder is removed, so the name never resumes a run that completed."""
+    return f"{name}-{cfg.hash()[:12]}"
 
 
 def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_ids: list[str], in_channels: int,
@@ -145,15 +192,29 @@ def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_i
         scaling_config=ScalingConfig(num_workers=cfg.ray.train_workers, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_train_worker, "GPU": gpus}
                                      if gpus > 0 else {"CPU": cfg.ray.cpus_per_train_worker}),
-        # A fresh run name each time: reusing one under the same storage would resume the old run.
-        run_config=RunConfig(name=f"{name}-{uuid.uuid4().hex[:8]}", storage_path=storage),
+        run_config=RunConfig(name=run_name(cfg, name), storage_path=storage,
+                             # a lost worker: the group restarts and resumes from the last epoch checkpoint
+                             failure_config=FailureConfig(max_failures=cfg.ray.train_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
+    t0 = time.perf_counter()
     result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    if metrics.get("resumed_from_epoch"):
+        e, total = metrics["resumed_from_epoch"], metrics.get("epochs")
+        report_failure(out, {"kind": "train_resumed", "run": name, "resumed_from_epoch": e, "epochs": total,
+                             "wall_s": time.perf_counter() - t0},
+                       f"{name}: a Train worker or the driver was lost; training resumed from the epoch-{e} "
+                       f"checkpoint (epochs {e + 1}..{total} trained again, 1..{e} kept)")
     with result.checkpoint.as_directory() as d:
         weights = load_file(os.path.join(d, "model.safetensors"))
-    if out.local:  # the weights now live in <out>/checkpoints; Ray's copy is scratch
-        shutil.rmtree(result.path, ignore_errors=True)
-    return weights, dict(result.metrics or {})
+    # the weights now live in <out>/checkpoints; Ray's copy is scratch, and a kept folder would make the
+    # next run of this name resume a finished run
+    try:
+        result.filesystem.delete_dir(result.path)
+    except OSError:
+        pass
+    return weights, metrics
 
 
 def write_classifier(out: OutputDir, state: dict[str, torch.Tensor], *, arch: str, class_ids: list[str],
