@@ -7,6 +7,8 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -83,3 +85,178 @@ def test_output_of_the_old_layout_is_refused_with_the_move(tmp_path):
         with pytest.raises(UserError) as e:
             call()
         assert e.value.field == "out" and "data/stage-000" in str(e.value) and "mv" in str(e.value)
+
+
+# --- writes that survive a killed or failing writer ---------------------------------------------------
+
+
+def test_temp_files_are_hidden_and_a_killed_writers_temp_is_never_data(tmp_path, monkeypatch):
+    """A write goes through `.<name>.tmp-<hex>` (skipped by pyarrow, pandas, Ray Data, `datasets`); the
+    temp a SIGKILLed writer leaves is never read or verified as a part, and goes with the manifest."""
+    import os
+
+    from lgd_ray.core.data import read_parquet_images
+    from lgd_ray.engine.store import is_temp, temp_path
+
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renamed.append(a), real_replace(a, b)))
+    out = OutputDir(str(tmp_path / "run"))
+    parts = [out.write_part(0, i, _samples(0, 6)[3 * i:3 * i + 3], PARAMS) for i in range(2)]
+    assert renamed and all(os.path.basename(t).startswith(".") and is_temp(os.path.basename(t)) for t in renamed)
+    folder = tmp_path / "run" / "data" / "stage-000"
+    # what a writer killed between write and rename leaves: a hidden temp (truncated Parquet bytes)
+    torn = folder / os.path.basename(temp_path(str(folder / "part-00002.parquet")))
+    torn.write_bytes((folder / "part-00000.parquet").read_bytes()[:-40])
+    (folder / ".part-00003.parquet").write_bytes(b"not data either")  # hidden: no reader takes it
+    (folder / ".keep").write_text("")  # not a temp: stays
+    assert pq.read_table(folder).num_rows == 6 and len(pd.read_parquet(folder)) == 6
+    assert len(read_parquet_images(str(folder), class_ids=["a", "b", "c"])) == 6
+    out.write_manifest(0, parts, {"config_hash": "x"})
+    assert out.verify_stage(0) == []
+    assert sorted(f.name for f in folder.iterdir()) == [".keep", ".part-00003.parquet", "_manifest.json",
+                                                        "part-00000.parquet", "part-00001.parquet"]
+
+
+def test_metrics_lines_are_appended_in_place(tmp_path):
+    """append_jsonl never rewrites the file: same inode, the earlier bytes kept, and a reader that has
+    it open reads on into the new line (a rewrite by rename would leave it on the old file)."""
+    import os
+
+    out = OutputDir(str(tmp_path / "run"))
+    out.append_jsonl("metrics.jsonl", {"event": "a"})
+    path = tmp_path / "run" / "metrics.jsonl"
+    before, inode = path.read_bytes(), path.stat().st_ino
+    with open(path, "rb") as reader:
+        assert reader.read() == before
+        out.append_jsonl("metrics.jsonl", {"event": "b", "stage": 1})
+        assert reader.read() == b'{"event": "b", "stage": 1}\n'
+    assert path.stat().st_ino == inode and path.read_bytes().startswith(before)
+    with open(path, "ab") as f:  # the torn last line of a killed writer
+        f.write(b'{"event": "c", "sta')
+    out.append_jsonl("metrics.jsonl", {"event": "d"})
+    assert path.read_bytes().splitlines()[-2:] == [b'{"event": "c", "sta', b'{"event": "d"}']
+    assert os.stat(path).st_ino == inode
+
+
+class _Upload:
+    """An object store's upload stream: it buffers, and closing it commits what it holds (as an S3
+    stream does, also after an error); past the store's `fail_after` bytes a write raises, as a dropped
+    connection does."""
+
+    def __init__(self, store: _ObjectStore, path: str):
+        self.store, self.path, self.buf, self.closed = store, path, bytearray(), False
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        limit = self.store.fail_after
+        if limit is not None and len(self.buf) + len(data) > limit:
+            self.buf += data[:max(0, limit - len(self.buf))]
+            raise OSError("connection reset by peer")
+        self.buf += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.store.objects[self.path] = bytes(self.buf)
+            self.store.events.append(("commit", self.path))
+
+
+class _ObjectStore(pafs.FileSystemHandler):
+    """An in-memory object store behind pyarrow.fs.PyFileSystem: flat keys, implicit folders."""
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.events: list[tuple] = []
+        self.fail_after: int | None = None
+
+    def get_type_name(self):
+        return "test-object-store"
+
+    def normalize_path(self, path):
+        return path
+
+    def _info(self, path):
+        if path in self.objects:
+            return pafs.FileInfo(path, pafs.FileType.File, size=len(self.objects[path]))
+        if any(k.startswith(path.rstrip("/") + "/") for k in self.objects):
+            return pafs.FileInfo(path, pafs.FileType.Directory)
+        return pafs.FileInfo(path, pafs.FileType.NotFound)
+
+    def get_file_info(self, paths):
+        return [self._info(p) for p in paths]
+
+    def get_file_info_selector(self, selector):
+        base = selector.base_dir.rstrip("/") + "/"
+        found = {}
+        for k in self.objects:
+            if k.startswith(base):
+                first = k[len(base):].split("/")[0]
+                found[base + first] = self._info(base + first)
+        return list(found.values())
+
+    def create_dir(self, path, recursive):
+        pass  # folders are implicit, as on S3
+
+    def delete_dir(self, path):
+        self.delete_dir_contents(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        for k in [k for k in self.objects if k.startswith(path.rstrip("/") + "/")]:
+            del self.objects[k]
+
+    def delete_root_dir_contents(self):
+        self.objects.clear()
+
+    def delete_file(self, path):
+        del self.objects[path]
+        self.events.append(("delete", path))
+
+    def move(self, src, dest):
+        self.objects[dest] = self.objects.pop(src)
+        self.events.append(("move", src, dest))
+
+    def copy_file(self, src, dest):
+        self.objects[dest] = self.objects[src]
+
+    def open_input_stream(self, path):
+        return pa.BufferReader(self.objects[path])
+
+    def open_input_file(self, path):
+        return pa.BufferReader(self.objects[path])
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_Upload(self, path), mode="w")
+
+    def open_append_stream(self, path, metadata):
+        raise NotImplementedError("objects cannot be appended to")
+
+
+def test_object_store_write_that_fails_midway_commits_nothing():
+    """On an object store a write that fails mid-stream leaves the old object (or none) at its key and
+    no visible object: streaming to the key itself would commit the partial bytes when the stream closes."""
+    store = _ObjectStore()
+    out = OutputDir("bucket/run", filesystem=pafs.PyFileSystem(store))
+    old_key, new_key = "bucket/run/data/stage-000/part-00000.parquet", "bucket/run/data/stage-000/part-00001.parquet"
+    out.write_bytes("data/stage-000/part-00000.parquet", b"old part")
+    store.fail_after = 100
+    for rel in ("data/stage-000/part-00000.parquet", "data/stage-000/part-00001.parquet"):
+        with pytest.raises(OSError, match="connection reset"):
+            out.write_bytes(rel, b"x" * 1000)
+    assert store.objects == {old_key: b"old part"}  # the partial uploads went to temps, deleted since
+    assert all(e[0] != "commit" or e[1].rsplit("/", 1)[1].startswith(".") for e in store.events[1:])
+    store.fail_after = None
+    out.write_bytes("data/stage-000/part-00001.parquet", b"y" * 1000)
+    assert store.objects == {old_key: b"old part", new_key: b"y" * 1000}
+    # metrics.jsonl cannot be appended to there: rewritten whole through the same atomic write
+    out.append_jsonl("metrics.jsonl", {"event": "a"})
+    out.append_jsonl("metrics.jsonl", {"event": "b"})
+    assert out.read_bytes("metrics.jsonl") == b'{"event": "a"}\n{"event": "b"}\n'
+    store.fail_after = 5
+    with pytest.raises(OSError):
+        out.append_jsonl("metrics.jsonl", {"event": "c"})
+    assert out.read_bytes("metrics.jsonl") == b'{"event": "a"}\n{"event": "b"}\n'

@@ -11,15 +11,18 @@ The parts sit under `data/` (the Hugging Face hub's convention) so that everythi
 meets is Parquet or hidden (`_manifest.json`): pandas, pyarrow, Ray Data and `datasets` read it as one
 dataset (see stage_dir for why the folders are not hive-style), and `datasets.load_dataset(<out>)` finds
 it through the card.
-Atomic writes: temp file + rename on POSIX; a single PUT (one output stream) on object stores.
+Atomic writes (OutputDir.write_bytes): a hidden temp file (`.<name>.tmp-<8 hex>`, which every reader
+above skips) then a rename on POSIX, a server-side move of a hidden temp object on object stores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -111,6 +114,27 @@ def part_name(chunk_index: int) -> str:
     return f"part-{chunk_index:05d}.parquet"
 
 
+_TEMP = re.compile(r"\..+\.tmp-[0-9a-f]{8}")
+
+
+def temp_path(final: str) -> str:
+    """Where a write of `final` goes first: `<dir>/.<name>.tmp-<8 hex>`, beside it. The leading dot hides
+    it from pyarrow, pandas, Ray Data and `datasets` (they skip `_` and `.` names) and the name does not
+    end in `.parquet`, so what a killed writer leaves is never read as data."""
+    head, _, name = final.rpartition("/")
+    return f"{head}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def is_temp(name: str) -> bool:
+    """Whether a file name is one of temp_path's."""
+    return _TEMP.fullmatch(name) is not None
+
+
+def is_part_file(name: str) -> bool:
+    """A Parquet file a reader takes as data: `*.parquet`, not hidden (`_`, `.`)."""
+    return name.endswith(".parquet") and not name.startswith(("_", "."))
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -163,8 +187,10 @@ def table_to_bytes(table: pa.Table) -> bytes:
 class OutputDir:
     """A run's output folder on any pyarrow filesystem."""
 
-    def __init__(self, uri: str):
-        if "://" in uri:
+    def __init__(self, uri: str, filesystem: pafs.FileSystem | None = None):
+        if filesystem is not None:  # `uri` is then a path on it
+            self.fs, self.root = filesystem, uri.rstrip("/")
+        elif "://" in uri:
             self.fs, self.root = pafs.FileSystem.from_uri(uri)
         else:
             # absolute, so Ray workers (whose working directory differs) find the same folder
@@ -181,17 +207,60 @@ class OutputDir:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Atomic: readers see the old file or the whole new one, never a torn one."""
+        """Atomic: readers see the old file or the whole new one, never a torn one; a write that fails or
+        is killed leaves the old file (or none) at `rel`.
+
+        The bytes go to a hidden temp (temp_path) first, then replace `rel`: by os.replace on a local
+        filesystem, by a server-side move (copy, then delete of the temp) on object stores, where the
+        object at `rel` then appears whole or not at all. Streaming to `rel` itself would not do: an
+        object store's output stream commits what it holds when it is closed, which `with` does on an
+        exception too (and so does its destructor), and pyarrow exposes no abort() to discard a
+        partial upload (apache/arrow#40502; none up to pyarrow 26). So a failed write's temp is aborted
+        where the stream can (a later pyarrow), else closed, then deleted; one a killed writer left is
+        skipped by every reader and removed with its stage's next manifest (write_manifest).
+        """
         final = self.path(rel)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        if self.local:
-            tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(data)
-            os.replace(tmp, final)
-        else:
-            with self.fs.open_output_stream(final) as f:
-                f.write(data)
+        tmp = temp_path(final)
+        self._write_stream(tmp, data)
+        try:
+            if self.local:
+                os.replace(tmp, final)
+            else:
+                self._move(tmp, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def _write_stream(self, path: str, data: bytes) -> None:
+        """Write `data` to `path` in one stream; on any failure nothing is left at `path`."""
+        stream = self.fs.open_output_stream(path)
+        try:
+            stream.write(data)
+        except BaseException:
+            abort = getattr(stream, "abort", None)
+            with contextlib.suppress(Exception):  # the write's own error is the one to report
+                abort() if abort is not None else stream.close()
+            self._discard(path)
+            raise
+        try:
+            stream.close()  # an object store uploads here: it may fail too
+        except BaseException:
+            self._discard(path)
+            raise
+
+    def _move(self, src: str, dst: str) -> None:
+        try:
+            self.fs.move(src, dst)
+        except NotImplementedError:  # a store without rename (e.g. flat-namespace Azure): copy, then delete
+            self.fs.copy_file(src, dst)
+            self.fs.delete_file(src)
+
+    def _discard(self, path: str) -> None:
+        """Best effort: a temp that cannot be deleted now stays hidden and goes with the next manifest."""
+        with contextlib.suppress(Exception):
+            if self.fs.get_file_info(path).type == pafs.FileType.File:
+                self.fs.delete_file(path)
 
     def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self.path(rel)) as f:
@@ -204,8 +273,37 @@ class OutputDir:
         return json.loads(self.read_bytes(rel)) if self.exists(rel) else None
 
     def append_jsonl(self, rel: str, record: dict) -> None:
-        old = self.read_bytes(rel) if self.exists(rel) else b""
-        self.write_bytes(rel, old + (json.dumps(record) + "\n").encode())
+        """Append one JSON line to `rel` (metrics.jsonl).
+
+        Local filesystem (and NFS): the file is opened in append mode and the line goes in one write,
+        then fsync; earlier bytes are never rewritten, so a reader (`tail -f`, a plan fitted while the
+        run goes on) sees the file only grow, and a killed run loses at most the line it was writing.
+        A file that does not end in a newline (such a torn line) gets one first, so that the new record
+        is a line of its own.
+
+        Object stores cannot append: an object is only ever replaced whole. There the file is read and
+        written back whole through write_bytes (temp object + server-side move), so a reader sees the
+        old object or the new one, never a partial one. That costs the file's size per record, which
+        is small here (a few records per stage), and assumes one writer (the driver) at a time.
+        """
+        line = (json.dumps(record) + "\n").encode()
+        if not self.local:
+            old = self.read_bytes(rel) if self.exists(rel) else b""
+            self.write_bytes(rel, (old if not old or old.endswith(b"\n") else old + b"\n") + line)
+            return
+        path = self.path(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            view = memoryview(line)
+            while view:  # one write for a line of this size; the loop only guards a short write
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def delete(self, rel: str) -> None:
         info = self.fs.get_file_info(self.path(rel))
@@ -260,10 +358,22 @@ class OutputDir:
     def write_manifest(self, stage: int, parts: list[dict], inputs: dict) -> None:
         manifest = {"stage": stage, "rows": sum(p["rows"] for p in parts), "parts": parts, "inputs": inputs}
         self.write_text(f"{stage_dir(stage)}/_manifest.json", json.dumps(manifest, indent=1))
+        self.remove_temps(stage_dir(stage))  # the stage is complete: no writer of it is left
         if self.exists("config.json"):  # a run's output (not a bare test folder): its card follows the stages
             from .card import write_card
 
             write_card(self)
+
+    def remove_temps(self, rel: str) -> list[str]:
+        """Delete the temps (temp_path's names only) that killed writers left in the folder `rel`."""
+        folder = self.path(rel)
+        if self.fs.get_file_info(folder).type != pafs.FileType.Directory:
+            return []
+        stale = [i for i in self.fs.get_file_info(pafs.FileSelector(folder))
+                 if i.type == pafs.FileType.File and is_temp(i.base_name)]
+        for i in stale:
+            self._discard(i.path)
+        return [i.base_name for i in stale]
 
     def manifest(self, stage: int) -> dict | None:
         m = self.read_json(f"{stage_dir(stage)}/_manifest.json")
@@ -286,7 +396,7 @@ class OutputDir:
             elif sha256(self.read_bytes(rel)) != p["sha256"]:
                 problems.append(f"{rel}: sha256 differs from the manifest (corrupt or changed)")
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(name)))
-        extra = sorted(i.base_name for i in infos if i.base_name.endswith(".parquet") and i.base_name not in listed)
+        extra = sorted(i.base_name for i in infos if is_part_file(i.base_name) and i.base_name not in listed)
         problems += [f"{name}/{e}: not in the manifest" for e in extra]
         return problems
 
