@@ -40,6 +40,9 @@ def test_hash_ignores_placement_only():
     ("distill.gamma=-2", "distill.gamma"), ("distill.k=0", "distill.k"), ("distill.stages=0", "distill.stages"),
     ("distill.window=[0,25]", "distill.window"), ("distill.window=[5,2]", "distill.window"),
     ("seed=abc", "seed"), ("data.name=imagenet", "data.name"), ("bogus=1", "bogus"),
+    ("data.image_size=0", "data.image_size"), ("data.image_size=-8", "data.image_size"),
+    ("generator.cfg_scale=-1", "generator.cfg_scale"), ("generator.cfg_scale=0.5", "generator.cfg_scale"),
+    ("generator.cfg_scale=.nan", "generator.cfg_scale"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(UserError) as e:
@@ -57,3 +60,16 @@ def test_missing_data_root_for_folders():
     with pytest.raises(UserError) as e:
         load_config(None, ["data.name=imagefolder"])
     assert e.value.field == "data.root"
+
+
+def test_cfg_scale_one_and_above_is_accepted():
+    assert load_config(None, ["generator.cfg_scale=1"]).generator.cfg_scale == 1.0
+    assert load_config(None, ["generator.cfg_scale=4"]).generator.cfg_scale == 4.0
+
+
+def test_config_file_not_utf8_names_the_file(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("# r\u00e9glages\nseed: 1\n".encode("latin-1"))
+    with pytest.raises(UserError) as e:
+        load_config(f)
+    assert e.value.field == "config" and str(f) in str(e.value) and "UTF-8" in str(e.value)

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +287,10 @@ def read_yaml(path: str | Path, field: str, example: str) -> Any:
     if not p.is_file():
         raise UserError(field, f"file not found: {p}", f"give the path of a YAML file, e.g. {example}")
     try:
-        return yaml.safe_load(p.read_text()) or {}
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(field, f"{p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+                        "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise UserError(field, f"{p} is not valid YAML ({str(e).splitlines()[0]})", "fix the file") from None
 
@@ -351,6 +355,14 @@ def validate(cfg: Config) -> None:
         raise UserError("data.name", f"unknown data source {cfg.data.name!r}", "choose digits, imagefolder or parquet")
     if cfg.data.name != "digits" and not cfg.data.root:
         raise UserError("data.root", f"data.name={cfg.data.name} needs a root", "set data.root=PATH")
+    size = cfg.data.image_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise UserError("data.image_size", f"must be a positive integer (pixels), got {size!r}",
+                        "use e.g. 8 for the digits, or the side length the students train at, e.g. 32 or 224")
+    if not (math.isfinite(g.cfg_scale) and g.cfg_scale >= 1):
+        raise UserError("generator.cfg_scale", f"must be >= 1, got {g.cfg_scale}",
+                        "use 1 for no classifier-free guidance, or e.g. 4 (DiT's); below 1 the samples drift to "
+                        "the unconditional model and stop matching their class")
     if not 0 < cfg.data.select_fraction < 1:
         raise UserError("data.select_fraction", f"must be in (0, 1), got {cfg.data.select_fraction}",
                         "use e.g. 0.1: a tenth of each class of the train split is held out for selection")
