@@ -34,6 +34,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
     from .engine.run import resolve_classes_only
 
     cfg = load_config(*split_config(a))
+    _check_out(a)
     class_ids = resolve_classes_only(cfg)
     data = load_split(cfg.data, cfg.data.train_split, class_ids)
     data = materialize(data, progress=True)
@@ -55,12 +56,22 @@ def _load(a: argparse.Namespace):
     return load_config(*split_config(a))
 
 
+def _check_out(a: argparse.Namespace) -> None:
+    """--out must be a folder that can be made (or resumed), a reachable bucket: checked before Ray starts."""
+    from .engine.store import check_output_location
+
+    if getattr(a, "out", None):
+        check_output_location(a.out)
+
+
 def cmd_distill(a: argparse.Namespace) -> int:
     from .engine.distill import distill
-    from .engine.run import init_ray, resolve_run
+    from .engine.run import init_ray, plan_line, resolve_run
 
     cfg = _load(a)
-    resolve_run(cfg)  # every input checked before Ray starts or anything is written
+    _check_out(a)
+    run = resolve_run(cfg)  # every input checked before Ray starts or anything is written
+    print(f"[lgd-ray] {plan_line(cfg, run)}", file=sys.stderr, flush=True)  # an absurd size shows before it starts
     init_ray()
     summary = distill(cfg, a.out, overwrite=a.overwrite, progress=not a.quiet)
     print(json.dumps(summary))
@@ -73,6 +84,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .engine.run import data_channels, init_ray, resolve_classes_only
 
     cfg = _load(a)
+    _check_out(a)
     class_ids = resolve_classes_only(cfg)  # the data (and a soft protocol's teacher) must be there before anything starts
     teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
     init_ray()
@@ -95,6 +107,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     for text in a.overrides:
         set_key(cfg, *parse_override(text))
     validate(cfg)
+    _check_out(a)
     run = resolve_run(cfg)
     src = OutputDir(a.run)
     stages = [s for s in src.stages_on_disk() if src.manifest(s) is not None]
@@ -127,6 +140,7 @@ def cmd_train_reference(a: argparse.Namespace) -> int:
     from .engine.train_job import train_with_ray, write_classifier
 
     cfg = _load(a)
+    _check_out(a)
     run = resolve_run(cfg)
     init_ray()
     out = OutputDir(a.out)
@@ -264,6 +278,7 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from .tune.trainable import run_sweep
 
     sweep = load_sweep(a.sweep, a.overrides)
+    _check_out(a)
     resolve_run(sweep.base)  # data, generator and reference checked before Ray starts
     init_ray()
     summary = run_sweep(sweep, a.out, progress=not a.quiet)

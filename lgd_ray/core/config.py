@@ -361,8 +361,8 @@ def validate(cfg: Config) -> None:
                         "use e.g. 8 for the digits, or the side length the students train at, e.g. 32 or 224")
     if not (math.isfinite(g.cfg_scale) and g.cfg_scale >= 1):
         raise UserError("generator.cfg_scale", f"must be >= 1, got {g.cfg_scale}",
-                        "use 1 for no classifier-free guidance, or e.g. 4 (DiT's); below 1 the samples drift to "
-                        "the unconditional model and stop matching their class")
+                        "use 1 for no classifier-free guidance or more, e.g. 4 as DiT samples: below 1 the samples "
+                        "drift to the unconditional model and stop matching their class")
     if not 0 < cfg.data.select_fraction < 1:
         raise UserError("data.select_fraction", f"must be in (0, 1), got {cfg.data.select_fraction}",
                         "use e.g. 0.1: a tenth of each class of the train split is held out for selection")

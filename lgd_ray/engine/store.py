@@ -184,6 +184,72 @@ def table_to_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+def check_output_location(uri: str, field: str = "--out") -> None:
+    """Refuse, before any work starts, an output that cannot be made: a local path that is a file, or
+    under a file, or where nothing can be created; an object store URI whose bucket cannot be reached
+    (network, endpoint, credentials) or does not exist. It only reads: nothing is created."""
+    if "://" not in uri:
+        _check_local_output(uri, field)
+        return
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)  # S3 resolves the bucket's region here (3 tries)
+        fs = _quick_filesystem(fs)
+        bucket = root.split("/")[0]
+        if not bucket:
+            raise UserError(field, f"{uri} names no bucket", f"write e.g. {uri.split('://', 1)[0]}://BUCKET/runs/demo")
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+        info = fs.get_file_info(root) if found and root.strip("/") != bucket else None
+    except (OSError, ValueError) as e:  # ArrowInvalid (a malformed URI) is a ValueError
+        scheme = uri.split("://", 1)[0]
+        creds = {"s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE; ?region=... or "
+                       "?endpoint_override=HOST:PORT&scheme=http in the URI for another S3 service",
+                 "gs": "GOOGLE_APPLICATION_CREDENTIALS"}.get(scheme, "the filesystem's credentials")
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        why = why if len(why) <= 240 else why[:240] + "..."
+        raise UserError(field, f"cannot reach {uri}: {why}",
+                        f"check the bucket name, the network and the credentials: {creds}") from None
+    if not found:
+        raise UserError(field, f"bucket {bucket!r} of {uri} does not exist", "create it, or give an existing bucket")
+    if info is not None and info.type == pafs.FileType.File:
+        raise UserError(field, f"{uri} is an object, not a folder", "give a prefix that holds no object of that name")
+
+
+def _check_local_output(uri: str, field: str) -> None:
+    path = os.path.abspath(uri)
+    fix = "choose a folder you can write to: a new one, or an earlier run's output to resume it"
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UserError(field, f"{uri} is a file, not a folder", fix)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(field, f"{uri} is not writable", fix)
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(field, f"cannot create {uri}: {parent} is a file", fix)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(field, f"cannot create {uri}: {parent} is not writable", fix)
+
+
+def _quick_filesystem(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """The same object store with short timeouts and few retries, for a check that must not hang: by
+    default S3 retries with back-off and GCS keeps retrying for 15 minutes."""
+    try:
+        kwargs = dict(fs.__reduce__()[1][0])  # the filesystem's own options (how pyarrow pickles it)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return fs
+    s3, gcs = getattr(pafs, "S3FileSystem", None), getattr(pafs, "GcsFileSystem", None)
+    if s3 is not None and isinstance(fs, s3):
+        return s3(**{**kwargs, "connect_timeout": 5, "request_timeout": 20,
+                     "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2)})
+    if gcs is not None and isinstance(fs, gcs):
+        import datetime
+
+        return gcs(**{**kwargs, "retry_time_limit": datetime.timedelta(seconds=5)})
+    return fs
+
+
 class OutputDir:
     """A run's output folder on any pyarrow filesystem."""
 
