@@ -144,7 +144,9 @@ class SamplerPool:
     node that has room) and its chunks in flight are retried on it (`max_task_retries`), while the
     other actors' chunks go on untouched. Parts are pure functions of their chunk, written atomically,
     so a redone chunk writes the very bytes it would have written. What Ray cannot see is a hung actor:
-    one with no finished chunk for `chunk_timeout_s` is killed (and so restarted). An actor whose
+    one with no finished chunk for `chunk_timeout_s` is killed (and so restarted; the new process gets
+twice that for its first chunk). The timeout must cover a restart: a fresh process that loads the
+generator and the stage's inputs before its first chunk. An actor whose
     restarts are used up leaves its chunks to the others.
     """
 
@@ -153,7 +155,9 @@ class SamplerPool:
     def __init__(self, cfg: dict, out_uri: str, reference_state: dict | None, num_classes: int, in_channels: int,
                  *, samplers: int, cpus: float, gpus: float, restarts: int = 3, chunk_timeout_s: float = 1800.0,
                  on_failure: Callable[[dict, str], None] | None = None):
-        ref = ray.put(reference_state)
+        # held for the pool's lifetime: a restarted actor's __init__ reads its arguments again, and Ray
+        # frees an object nobody references (the restart would then fail)
+        self.reference_ref = ref = ray.put(reference_state)
         threads = max(1, int(cpus)) if gpus == 0 else None
         # SPREAD: the actors of one pool on as many nodes as there are, so a lost node takes few of them
         opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": restarts, "max_task_retries": -1,
@@ -213,12 +217,15 @@ class SamplerPool:
             try:
                 info = user_errors(lambda: ray.get(task))  # noqa: B023 -- called at once
             except ray.exceptions.RayActorError as e:  # restarts used up: its chunks go to the others
-                live.discard(i)
-                slots = [a for a in slots if a != i]
                 todo = sorted([*todo, idx])
-                self._failure({"kind": "sampler_actor_gone", "stage": stage, "actor": i, "pid": pids[i],
-                               "chunk": idx}, f"sampler actor {i} (pid {pids[i]}) is gone for good "
-                              f"({type(e).__name__}); chunk {idx} goes to the other actors")
+                if i in live:
+                    live.discard(i)
+                    slots = [a for a in slots if a != i]
+                    lost = sorted([idx, *(c for a, c in pending.values() if a == i)])
+                    self._failure({"kind": "sampler_actor_gone", "stage": stage, "actor": i, "pid": pids[i],
+                                   "chunks": lost}, f"sampler actor {i} (pid {pids[i]}) is gone for good "
+                                  f"(ray.sampler_restarts used up: {type(e).__name__}); chunk(s) {lost} of "
+                                  f"{stage_name(stage)} go to the other actors")
                 if not live:
                     raise RuntimeError(f"every sampler actor is gone (ray.sampler_restarts used up); "
                                        f"{len(todo)} chunks of {stage_name(stage)} left: rerun to resume") from e
@@ -256,7 +263,9 @@ class SamplerPool:
                               f"(ray.chunk_timeout_s) with chunk(s) {chunks} of {stage_name(stage)} in flight: "
                               "killed; Ray restarts it and retries them")
                 ray.kill(self.actors[i], no_restart=False)
-                last[i] = now  # the restart (a fresh process loading the generator) gets a full timeout too
+                # the restarted actor (a fresh process that loads the generator, then the stage) has
+                # twice the timeout for its first chunk
+                last[i] = now + self.chunk_timeout_s
 
     def shutdown(self) -> None:
         for a in self.actors:
