@@ -1,0 +1,216 @@
+"""Failures a run survives, caused for real: a sampler actor SIGKILLed mid-chunk or SIGSTOPped (hung),
+a Ray Train worker SIGKILLed mid-training, the driver SIGKILLed while a student trains. Each time the
+run finishes by itself (or, for the driver, on the rerun) with the bytes of an undisturbed run, and
+says what it lost in metrics.jsonl. Node loss on a two-node cluster: tests/test_node_loss.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from lgd_ray.core.config import load_config
+from lgd_ray.engine.store import OutputDir, load_weights
+
+from helpers import tiny_overrides
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (this test's raylet), so a kill never reaches another Ray session."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            found.append(c)
+            stack.append(c)
+    return found
+
+
+def titled(root: int, title: str) -> list[int]:
+    """The processes below `root` whose title (Ray's `ray::Class.method`) starts with `title`."""
+    pids = []
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[0].decode(errors="replace").startswith(title):
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def raylet_pid(ray_session) -> int:
+    return ray_session._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+
+class Saboteur(threading.Thread):
+    """Once `ready()` holds, send `sig` to the first process titled `title` below `root`, once."""
+
+    def __init__(self, root: int, title: str, sig: int, ready: Callable[[], bool], timeout: float = 300):
+        super().__init__(daemon=True)
+        self.root, self.title, self.sig, self.ready, self.timeout = root, title, sig, ready, timeout
+        self.victim: int | None = None
+        self.at: float | None = None
+
+    def run(self) -> None:
+        deadline = time.time() + self.timeout
+        while time.time() < deadline and self.victim is None:
+            if self.ready():
+                pids = titled(self.root, self.title)
+                if pids:
+                    os.kill(pids[0], self.sig)
+                    self.victim, self.at = pids[0], time.monotonic()
+                    return
+            time.sleep(0.01)
+
+
+def failures(out: Path) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "failure"]
+
+
+def parts_and_manifests(out: Path) -> dict[str, bytes]:
+    """Every file a reader of <out>/data meets, by name; no temp file may be among them."""
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "data").rglob("*")) if p.is_file()}
+    assert all(n.endswith((".parquet", "_manifest.json")) for n in files), sorted(files)
+    return files
+
+
+def test_a_hung_and_a_killed_sampler_actor_cost_time_not_bytes(baseline, tiny_generator_dir, reference_file,
+                                                              tmp_path, ray_session, capfd):
+    """Stage 0: one of two sampler actors is SIGSTOPped mid-chunk (hung: alive to Ray, finishing nothing);
+    after ray.chunk_timeout_s the pool kills it, Ray restarts it and retries its chunks. Stage 1 (guided,
+    so the restarted actor needs θ_0 again): the other kind of loss, a SIGKILL mid-chunk. The run ends
+    by itself with every part and manifest byte-identical to the one-sampler baseline."""
+    from lgd_ray.engine.distill import distill
+
+    out = tmp_path / "sabotaged"
+    root = raylet_pid(ray_session)
+    hang = Saboteur(root, "ray::ChunkWorker.run_chunk", signal.SIGSTOP,
+                    lambda: (out / "data" / "stage-000").is_dir())
+    kill = Saboteur(root, "ray::ChunkWorker.run_chunk", signal.SIGKILL,
+                    lambda: (out / "checkpoints" / "stage=000" / "model.safetensors").exists())
+    hang.start()
+    kill.start()
+    cfg = load_config(None, [*tiny_overrides(tiny_generator_dir, reference_file), "ray.samplers=2",
+                             "ray.chunk_timeout_s=20"])
+    t0 = time.monotonic()
+    try:
+        distill(cfg, str(out), progress=False)
+    finally:
+        if hang.victim:
+            try:
+                os.kill(hang.victim, signal.SIGKILL)  # never leave a stopped process behind
+            except ProcessLookupError:
+                pass
+    wall = time.monotonic() - t0
+    assert hang.victim and kill.victim, "the saboteurs found no chunk to interrupt"
+    assert parts_and_manifests(out) == parts_and_manifests(Path(baseline))
+    events = failures(out)
+    kinds = [(e["kind"], e["stage"]) for e in events]
+    assert ("sampler_actor_hung", 0) in kinds and ("sampler_actor_restarted", 1) in kinds, events
+    hung = next(e for e in events if e["kind"] == "sampler_actor_hung")
+    assert 1 <= len(hung["chunks"]) <= 2  # only the hung actor's chunks in flight were redone
+    for e in events:
+        if e["kind"] == "sampler_actor_restarted":
+            assert 1 <= len(e["chunks_retried"]) <= 2 and e["new_pid"] != e["pid"]
+    assert "sampler_actor_gone" not in {e["kind"] for e in events}  # no actor used up its restarts
+    err = capfd.readouterr().err
+    assert "recovered: sampler actor" in err and "ray.chunk_timeout_s" in err
+    print(f"sabotaged run {wall:.1f} s; the stop was noticed {cfg.ray.chunk_timeout_s:g} s after the last chunk")
+
+
+LONG_STUDENT = ["student.epochs=40", "ray.checkpoint_every=1"]  # 40 short epochs: room to strike between
+
+
+@pytest.fixture(scope="module")
+def long_student(baseline, tiny_generator_dir, reference_file, tmp_path_factory):
+    """θ_0 of the baseline's stage 0 trained undisturbed for 40 epochs with Ray Train (the reference
+    the interrupted runs must reproduce), and the config it was trained with."""
+    from lgd_ray.engine.run import resolve_run
+    from lgd_ray.engine.train_job import train_with_ray
+
+    cfg = load_config(None, [*tiny_overrides(tiny_generator_dir, reference_file), *LONG_STUDENT])
+    out = tmp_path_factory.mktemp("long") / "out"
+    shutil.copytree(Path(baseline) / "data", out / "data")
+    run = resolve_run(cfg)
+    weights, _ = train_with_ray(cfg, OutputDir(str(out)), role="student", name="student-stage=000",
+                                class_ids=run.class_ids, in_channels=run.in_channels, stages=[0], init=None,
+                                seed=cfg.seed)
+    return cfg, weights
+
+
+def checkpoints(out: Path) -> int:
+    return len(list((out / "_ray_train").glob("*/checkpoint_*")))
+
+
+def test_a_killed_train_worker_resumes_from_its_last_epoch_checkpoint(long_student, baseline, tmp_path,
+                                                                      ray_session):
+    """SIGKILL the Ray Train worker after a few epoch checkpoints: FailureConfig restarts the worker
+    group, which resumes from the last checkpoint; θ_0 ends bit-identical (CPU) to the undisturbed run."""
+    from lgd_ray.engine.run import resolve_run
+    from lgd_ray.engine.train_job import train_with_ray
+
+    cfg, expected = long_student
+    out = tmp_path / "out"
+    shutil.copytree(Path(baseline) / "data", out / "data")
+    kill = Saboteur(raylet_pid(ray_session), "ray::RayTrainWorker", signal.SIGKILL, lambda: checkpoints(out) >= 2)
+    kill.start()
+    run = resolve_run(cfg)
+    weights, metrics = train_with_ray(cfg, OutputDir(str(out)), role="student", name="student-stage=000",
+                                      class_ids=run.class_ids, in_channels=run.in_channels, stages=[0], init=None,
+                                      seed=cfg.seed)
+    assert kill.victim, "the worker finished before it could be killed"
+    assert 1 <= metrics["resumed_from_epoch"] < 40
+    assert all(torch.equal(expected[k], weights[k]) for k in expected)
+    (event,) = failures(out)
+    assert event["kind"] == "train_resumed" and event["resumed_from_epoch"] == metrics["resumed_from_epoch"]
+    assert not list((out / "_ray_train").glob("*/checkpoint_*"))  # the finished run's scratch is gone
+
+
+def test_a_driver_killed_while_a_student_trains_resumes_from_the_epoch_checkpoint(
+        long_student, tiny_generator_dir, reference_file, tmp_path, ray_session):
+    """SIGKILL the `lgd-ray distill` driver while θ_0 trains; the rerun (same config, so the same Ray Train
+    run name) continues from the last epoch checkpoint, not from epoch 0, to the undisturbed θ_0."""
+    from lgd_ray.engine.distill import distill
+
+    cfg, expected = long_student
+    out = tmp_path / "killed"
+    overrides = [*tiny_overrides(tiny_generator_dir, reference_file), *LONG_STUDENT]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1",
+           "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "lgd_ray.cli", "distill", *overrides, "--out", str(out), "--quiet"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and checkpoints(out) < 2:
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert checkpoints(out) >= 2, "the driver never reached θ_0's training"
+    assert not (out / "checkpoints" / "stage=000").exists(), "killed too late: θ_0 was already written"
+    time.sleep(2)  # Ray reaps the dead driver's Train controller and workers
+    distill(cfg, str(out), progress=False)
+    (event,) = [e for e in failures(out) if e["kind"] == "train_resumed"]
+    assert event["resumed_from_epoch"] >= 1  # not from epoch 0
+    got = load_weights(OutputDir(str(out)), "checkpoints/stage=000/model.safetensors")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
