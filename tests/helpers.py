@@ -3,6 +3,7 @@ the overrides of a tiny distill run, and the bad-input assertion of the CLI."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -136,3 +137,45 @@ def write_class_folder(root: Path, classes: tuple[str, ...], per_split: tuple[in
                 img[:, :, c] += 180
                 Image.fromarray(img).save(root / split / name / f"img_{i:03d}.png")
     return root
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (a test's raylet), so a kill never reaches another Ray session."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        for c in children.get(stack.pop(), []):
+            found.append(c)
+            stack.append(c)
+    return found
+
+
+def titled(root: int, title: str) -> list[int]:
+    """The processes below `root` whose title (Ray's `ray::Class.method`) starts with `title`."""
+    pids = []
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[0].decode(errors="replace").startswith(title):
+                    pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def parts_and_manifests(out) -> dict[str, bytes]:
+    """Every file a reader of <out>/data meets, by name; no temp file may be among them."""
+    from pathlib import Path
+
+    out = Path(out)
+    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "data").rglob("*")) if p.is_file()}
+    assert all(n.endswith((".parquet", "_manifest.json")) for n in files), sorted(files)
+    return files

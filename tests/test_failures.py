@@ -22,39 +22,7 @@ import torch
 from lgd_ray.core.config import load_config
 from lgd_ray.engine.store import OutputDir, load_weights
 
-from helpers import tiny_overrides
-
-
-def descendants(root: int) -> list[int]:
-    """Every process below `root` (this test's raylet), so a kill never reaches another Ray session."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            found.append(c)
-            stack.append(c)
-    return found
-
-
-def titled(root: int, title: str) -> list[int]:
-    """The processes below `root` whose title (Ray's `ray::Class.method`) starts with `title`."""
-    pids = []
-    for pid in descendants(root):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().split(b"\0")[0].decode(errors="replace").startswith(title):
-                    pids.append(pid)
-        except OSError:
-            pass
-    return pids
+from helpers import parts_and_manifests, tiny_overrides, titled
 
 
 def raylet_pid(ray_session) -> int:
@@ -85,13 +53,6 @@ class Saboteur(threading.Thread):
 def failures(out: Path) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("event") == "failure"]
-
-
-def parts_and_manifests(out: Path) -> dict[str, bytes]:
-    """Every file a reader of <out>/data meets, by name; no temp file may be among them."""
-    files = {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "data").rglob("*")) if p.is_file()}
-    assert all(n.endswith((".parquet", "_manifest.json")) for n in files), sorted(files)
-    return files
 
 
 def test_a_hung_and_a_killed_sampler_actor_cost_time_not_bytes(baseline, tiny_generator_dir, reference_file,
