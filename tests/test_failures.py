@@ -113,10 +113,11 @@ def long_student(baseline, tiny_generator_dir, reference_file, tmp_path_factory)
     out = tmp_path_factory.mktemp("long") / "out"
     shutil.copytree(Path(baseline) / "data", out / "data")
     run = resolve_run(cfg)
+    t0 = time.monotonic()
     weights, _ = train_with_ray(cfg, OutputDir(str(out)), role="student", name="student-stage=000",
                                 class_ids=run.class_ids, in_channels=run.in_channels, stages=[0], init=None,
                                 seed=cfg.seed)
-    return cfg, weights
+    return cfg, weights, time.monotonic() - t0
 
 
 def checkpoints(out: Path) -> int:
@@ -130,12 +131,13 @@ def test_a_killed_train_worker_resumes_from_its_last_epoch_checkpoint(long_stude
     from lgd_ray.engine.run import resolve_run
     from lgd_ray.engine.train_job import train_with_ray
 
-    cfg, expected = long_student
+    cfg, expected, undisturbed_s = long_student
     out = tmp_path / "out"
     shutil.copytree(Path(baseline) / "data", out / "data")
     kill = Saboteur(raylet_pid(ray_session), "ray::RayTrainWorker", signal.SIGKILL, lambda: checkpoints(out) >= 2)
     kill.start()
     run = resolve_run(cfg)
+    t0 = time.monotonic()
     weights, metrics = train_with_ray(cfg, OutputDir(str(out)), role="student", name="student-stage=000",
                                       class_ids=run.class_ids, in_channels=run.in_channels, stages=[0], init=None,
                                       seed=cfg.seed)
@@ -145,6 +147,8 @@ def test_a_killed_train_worker_resumes_from_its_last_epoch_checkpoint(long_stude
     (event,) = failures(out)
     assert event["kind"] == "train_resumed" and event["resumed_from_epoch"] == metrics["resumed_from_epoch"]
     assert not list((out / "_ray_train").glob("*/checkpoint_*"))  # the finished run's scratch is gone
+    print(f"Train worker lost: {time.monotonic() - t0 - undisturbed_s:+.1f} s against an undisturbed "
+          f"{undisturbed_s:.1f} s")
 
 
 def test_a_driver_killed_while_a_student_trains_resumes_from_the_epoch_checkpoint(
@@ -153,11 +157,12 @@ def test_a_driver_killed_while_a_student_trains_resumes_from_the_epoch_checkpoin
     run name) continues from the last epoch checkpoint, not from epoch 0, to the undisturbed θ_0."""
     from lgd_ray.engine.distill import distill
 
-    cfg, expected = long_student
+    cfg, expected, undisturbed_s = long_student
     out = tmp_path / "killed"
     overrides = [*tiny_overrides(tiny_generator_dir, reference_file), *LONG_STUDENT]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "TQDM_DISABLE": "1",
            "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "lgd_ray.cli", "distill", *overrides, "--out", str(out), "--quiet"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -170,8 +175,13 @@ def test_a_driver_killed_while_a_student_trains_resumes_from_the_epoch_checkpoin
     assert checkpoints(out) >= 2, "the driver never reached θ_0's training"
     assert not (out / "checkpoints" / "stage=000").exists(), "killed too late: θ_0 was already written"
     time.sleep(2)  # Ray reaps the dead driver's Train controller and workers
+    killed_s = time.monotonic() - t0
     distill(cfg, str(out), progress=False)
     (event,) = [e for e in failures(out) if e["kind"] == "train_resumed"]
+    student = next(e for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                   if e.get("event") == "student")
+    print(f"driver killed {killed_s:.1f} s in; the rerun trained θ_0 in {student['wall_s']:.1f} s "
+          f"(undisturbed {undisturbed_s:.1f} s), resuming at epoch {event['resumed_from_epoch']} of 40")
     assert event["resumed_from_epoch"] >= 1  # not from epoch 0
     got = load_weights(OutputDir(str(out)), "checkpoints/stage=000/model.safetensors")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
