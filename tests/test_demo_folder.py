@@ -30,6 +30,6 @@ def test_demo_on_an_image_folder(tmp_path, ray_session):
     assert (tmp_path / "out" / "generator" / "lgd_ray.json").exists()  # trained on the folder
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(saved["results"]) == set(result["results"])
-    assert len(saved["results"]) == 5 and (tmp_path / "out" / "progression.png").exists()
-    for name in ("unguided generator", "LGD κ=1 (no rank selection)"):
+    assert len(saved["results"]) == 6 and (tmp_path / "out" / "progression.png").exists()
+    for name in ("unguided generator", "rank selection only (λ=0, κ=3)", "LGD κ=1 (no rank selection)"):
         assert 0 <= saved["results"][name]["cross_increment_acc"] <= 1

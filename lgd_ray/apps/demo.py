@@ -1,9 +1,10 @@
 """`lgd-ray demo`: the small-scale replication of LGD's claims, on the embedded digits or any image folder.
 
-Five sets at equal IPC (but the last), each trained from scratch over the eval seeds and tested on real val:
+Six sets at equal IPC (but the last), each trained from scratch over the eval seeds and tested on real val:
 random real (a seeded random subset), the unguided generator run through the same incremental plan
-(λ = γ = 0, κ = 1: the DiT baseline), LGD without rank selection (κ = 1), LGD (κ as configured), and
-the full real training set. For every generated method: redundancy between increments, accuracy after
+(λ = γ = 0, κ = 1: the DiT baseline), rank selection alone (λ = γ = 0, the run's κ: what selection buys
+without any guidance), LGD without rank selection (κ = 1), LGD (κ as configured), and the full real
+training set. For every generated method: redundancy between increments, accuracy after
 each stage, and data cartography. With data other than the digits and no generator given, a generator
 is first trained on the data (`lgd-ray train-generator`'s code), so the claims can be checked anywhere.
 """
@@ -28,6 +29,10 @@ from .diagnostics import cartography_report, progression_plot, redundancy
 from .report import results_table
 
 UNGUIDED, LGD_K1, RANDOM, FULL = "unguided generator", "LGD κ=1 (no rank selection)", "random real", "full real data"
+
+
+def rank_only_name(k: int) -> str:
+    return f"rank selection only (λ=0, κ={k})"
 
 
 def variant(cfg: Config, **distill) -> Config:
@@ -112,13 +117,20 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
     stages = list(range(d.stages + 1))
     ipc = d.ipc_seed + d.stages * d.ipc_per_stage
     lgd_name = f"LGD (λ={d.lam}, κ={d.k})"
-    uris = {UNGUIDED: join(out_uri, "unguided"), LGD_K1: join(out_uri, "lgd-k1"), lgd_name: join(out_uri, "lgd")}
+    rank_only = rank_only_name(d.k)
+    uris = {UNGUIDED: join(out_uri, "unguided"), rank_only: join(out_uri, "rank-only"), LGD_K1: join(out_uri, "lgd-k1"),
+            lgd_name: join(out_uri, "lgd")}
     log(progress, f"{lgd_name}: distilling into {uris[lgd_name]}")
     distill(cfg, uris[lgd_name], overwrite=overwrite, progress=progress)
     shared = variant(cfg)  # the other runs reuse the θ* the LGD run trained (when it trained one)
     if not cfg.reference.path and OutputDir(uris[lgd_name]).exists("reference/model.safetensors"):
         shared.reference.path = OutputDir(uris[lgd_name]).path("reference/model.safetensors")
-    for name, c in ((LGD_K1, variant(shared, k=1)), (UNGUIDED, variant(shared, lam=0.0, gamma=0.0, k=1))):
+    runs = [(LGD_K1, variant(shared, k=1)), (UNGUIDED, variant(shared, lam=0.0, gamma=0.0, k=1))]
+    if d.k > 1 and (d.lam > 0 or d.gamma > 0):  # else the LGD run is this one already
+        runs.insert(0, (rank_only, variant(shared, lam=0.0, gamma=0.0)))
+    else:
+        del uris[rank_only]
+    for name, c in runs:
         log(progress, f"{name}: distilling into {uris[name]}")
         distill(c, uris[name], overwrite=overwrite, progress=progress)
 
