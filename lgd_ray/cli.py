@@ -197,6 +197,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
         mspec = jobs_spec(a.arch) if a.arch.endswith("-256") else MemorySpec(arch=a.arch)
         print(format_memory(run_memory_bench(replace(mspec, k=a.k), a.out)))
         return 0
+    if a.flops:
+        from dataclasses import replace
+
+        from .apps import flops_bench
+
+        fspec = flops_bench.jobs_spec(a.arch) if a.arch.endswith("-256") else flops_bench.FlopsSpec(arch=a.arch)
+        print(flops_bench.format_flops(flops_bench.run_flops_bench(replace(fspec, k=a.k), a.out)), end="")
+        return 0
     spec = BenchSpec(arch=a.arch, k=a.k, slots=a.slots)
     if a.arch.endswith("-256"):  # DiT-XL/2 and friends as the jobs run them: 1000 classes, 50 steps, ConvNet-6 at 224
         spec = BenchSpec(arch=a.arch, image_size=256, channels=3, num_classes=1000, student="convnet6", student_size=224,
@@ -241,6 +249,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         ASSUMED_H100_DIT_XL,
         compare_with_run,
         figures_from_bench,
+        figures_from_flops,
         figures_from_run,
         format_plan,
         make_plan,
@@ -248,6 +257,8 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
     if a.bench and a.from_run:
         raise UserError("--from-run", "give either --bench or --from-run", "drop one of them")
+    if a.flops and (a.bench or a.from_run):
+        raise UserError("--flops", "--bench and --from-run bring their own guided/unguided ratio", "drop --flops")
     name, overrides = split_config(a)
     if a.compare and name is None and not overrides:
         from .engine.run import load_run_config
@@ -262,7 +273,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     if not gpus:
         raise UserError("--gpus", "no GPU count given", "give e.g. --gpus 8")
     figures = (figures_from_bench(a.bench) if a.bench else figures_from_run(a.from_run) if a.from_run
-               else ASSUMED_H100_DIT_XL)
+               else figures_from_flops(a.flops) if a.flops else ASSUMED_H100_DIT_XL)
     plan = make_plan(cfg, figures)
     for n in gpus:
         plan.check_gpus(n)
@@ -350,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", default="1,2", help="actor counts to measure, comma-separated")
     p.add_argument("--memory", action="store_true", help="only the activation bytes of a guided step per component, "
                    "fp32/bf16, with/without VAE checkpointing (any device); memory.json + memory.md in --out")
+    p.add_argument("--flops", action="store_true", help="only the counted FLOPs per step and per kept image, by "
+                   "component, unguided vs LGD vs IGD-style (any device); flops.json + flops.md in --out")
     p.add_argument("--data", action="store_true", help="only a Train worker's peak RSS and images/s reading a generated "
                    "JPEG folder and Parquet parts at N and 4N images, streamed vs in memory; data.json + data.md in --out")
     p.add_argument("--n", type=int, default=400, help="--data: images of the small case (the large one has 4N)")
@@ -382,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", default=None, help="bench.json from `lgd-ray bench --out DIR` (default: assumed DiT-XL/2 on H100 figures)")
     p.add_argument("--from-run", default=None, metavar="DIR",
                    help="fit the figures to a measured distill output instead (its per-stage timings)")
+    p.add_argument("--flops", default=None, metavar="FILE", help="flops.json from `lgd-ray bench --flops --out DIR`: "
+                   "its counted guided/unguided step ratio with the assumed figures (default: the shipped DiT-XL/2 count)")
     p.add_argument("--compare", default=None, metavar="DIR",
                    help="print the plan against the measured timings of DIR (whose config is planned unless CONFIG is given)")
     p.set_defaults(func=cmd_plan)

@@ -7,8 +7,10 @@ The model is the pipeline's own structure, multiplied out per stage:
 - wall time on N GPUs: sampling chunks go to ⌊N / gpus_per_sampler⌋ actors in rounds (chunks are
   the unit of work, so a stage never takes less than one chunk), then Ray Train runs on
   `ray.train_workers` GPUs (DDP, assumed to scale linearly), plus a fixed start-up per sampling stage and per training run.
-The figures come from a `lgd-ray bench --out DIR` run (bench.json) or from the stated assumptions
-below; the plan prints which, because every number downstream is only as good as they are.
+The figures come from a `lgd-ray bench --out DIR` run (bench.json), from a measured distill
+(`--from-run`), or from the stated assumptions below with the guided/unguided step ratio counted in
+FLOPs (flops.json of `lgd-ray bench --flops`: the shipped one, or `--flops FILE`); the plan prints
+which, because every number downstream is only as good as they are.
 """
 
 from __future__ import annotations
@@ -43,20 +45,56 @@ class Figures:
 
 # Assumptions for DiT-XL/2 (256 px, 32×32×4 latents) on one H100 SXM in bf16, stated so they can be
 # checked and replaced by `lgd-ray bench --arch dit-xl-2-256 --out DIR` on the real GPU:
-# - a DiT-XL/2 forward is 118.6 GFLOPs per image; at ~300 TFLOP/s sustained (~30% of dense bf16
-#   peak) that is 0.4 ms, so an unguided step with CFG 4.0 (two forwards) costs 0.8 ms per image;
-# - a guided step adds the denoiser's backward to x_t (≈ one more forward each for both CFG halves),
-#   the VAE decoder forward + backward at 256 px (≈ 620 GFLOPs each way) and the two students at
-#   224 px: ≈ 1.7 TFLOPs against 0.24 for the unguided step, taken as 7.5×;
+# - an unguided step with CFG 4.0 (two DiT forwards) costs 0.8 ms per image. DiT's paper puts a forward
+#   at 118.6 "GFLOPs", which are multiply-accumulates: counted, the step is 0.47 TFLOP (flops.json), so
+#   0.8 ms means ~590 TFLOP/s sustained, ~60% of dense bf16 peak;
+# - a guided step costs the counted FLOP ratio times that (COUNTED_FLOPS, written by `lgd-ray bench
+#   --arch dit-xl-2-256 --flops --out lgd_ray/assets/flops`): the denoiser's backward to x_t (both CFG
+#   halves), the VAE decoder forward + backward at 256 px, θ_i and θ* at 224 px: 2.24 TFLOP against
+#   0.47, 4.7×. That takes a guided step to run at the unguided step's FLOP/s; a GPU bench measures the
+#   time ratio instead. (The former 7.5× set 1.7 TFLOP against 0.24, a multiply-accumulate count);
 # - student training with instance norm at 224 px: ConvNet-6 4000 img/s, ResNet-18 / ResNetAP-10
 #   3000 img/s per GPU (data in memory, augmentation on the GPU as train.py does it);
 # - 90 s per stage for sampler actors to start and load the 2.7 GB generator and the VAE, and 30 s per
 #   training run for Ray Train to start its workers, read the set and validate.
-ASSUMED_H100_DIT_XL = Figures(
-    image_step_s=0.8e-3, guided_ratio=7.5, with_cfg=True,
+COUNTED_FLOPS = Path(__file__).resolve().parent.parent / "assets" / "flops" / "flops.json"
+
+
+def counted_ratio(path: str | Path, field: str = "--flops") -> tuple[float, str]:
+    """(guided/unguided FLOPs per image-step, a line naming what was counted) from a flops.json
+    (`lgd-ray bench --flops --out DIR`; a DIR is accepted too)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "flops.json"
+    if not p.is_file():
+        raise UserError(field, f"{p} not found", "give the flops.json written by `lgd-ray bench --flops --out DIR`")
+    try:
+        report = json.loads(p.read_text())
+        ratio, spec = float(report["guided_over_unguided"]), report["spec"]
+        what = f"{spec['arch']}, CFG {float(spec['cfg_scale']):g}"
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(field, f"{p} is not a flops report ({type(e).__name__}: {e})",
+                        "rerun `lgd-ray bench --flops --out DIR` and pass DIR/flops.json") from None
+    if not ratio > 0:
+        raise UserError(field, f"{p} has a non-positive guided/unguided ratio", "rerun the bench")
+    shown = str(COUNTED_FLOPS.relative_to(COUNTED_FLOPS.parents[3])) if p.resolve() == COUNTED_FLOPS else str(p)
+    return ratio, f"guided/unguided step counted in FLOPs ({shown}: {what})"
+
+
+_ASSUMED_TIMES = Figures(  # the guided/unguided ratio is the counted one, set by figures_from_flops
+    image_step_s=0.8e-3, guided_ratio=float("nan"), with_cfg=True,
     train_images_per_s={"convnet": 4000.0, "resnet18": 3000.0, "resnetap10": 3000.0},
     stage_overhead_s=90.0, train_overhead_s=30.0, source="assumed: DiT-XL/2 on one H100, bf16 (see lgd_ray/apps/cost.py)",
 )
+
+
+def figures_from_flops(path: str | Path) -> Figures:
+    """The assumed figures with the guided/unguided step ratio counted in a flops.json."""
+    ratio, what = counted_ratio(path)
+    return replace(_ASSUMED_TIMES, guided_ratio=ratio, source=f"{_ASSUMED_TIMES.source}; {what}")
+
+
+ASSUMED_H100_DIT_XL = figures_from_flops(COUNTED_FLOPS)
 
 
 def figures_from_bench(path: str | Path, base: Figures = ASSUMED_H100_DIT_XL) -> Figures:
@@ -242,9 +280,9 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
     f = plan.figures
     lines = [head,
              f"figures: {f.source}",
-             f"  {f.image_step_s * 1e3:.2f} ms per image-step ({'with' if f.with_cfg else 'without'} CFG; "
-             f"×{plan.cfg_factor:g} for this config), guided step {f.guided_ratio:.1f}× unguided, "
-             f"start-up {f.stage_overhead_s:.0f} s per sampling stage, {f.train_overhead_s:.0f} s per training run",
+             (f"  {f.image_step_s * 1e3:.2f} ms per image-step ({'with' if f.with_cfg else 'without'} CFG; "
+              f"×{plan.cfg_factor:g} for this config), guided step {f.guided_ratio:.1f}× unguided, "
+              f"start-up {f.stage_overhead_s:.0f} s per sampling stage, {f.train_overhead_s:.0f} s per training run"),
              "  training img/s per GPU at 224 px: " + ", ".join(f"{k} {v:.0f}" for k, v in f.train_images_per_s.items()),
              ""]
     cols = ["stage", "images", "κ", "chunks", "sample GPU-h", "train on", "train GPU-h"] + [f"wall @{n}" for n in gpus]
@@ -260,7 +298,7 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
                  _h(plan.sample_gpu_s), "", _h(plan.busy_gpu_s - plan.sample_gpu_s)] + [_wall(plan.wall_s(n)) for n in gpus])
     rows.append(["GPU-h billed", "", "", "", "", "", ""] + [f"{plan.wall_s(n) * n / 3600:.0f}" for n in gpus])
     widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
-    fmt = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))  # noqa: E731
+    fmt = lambda r: "  ".join(v.rjust(w) for v, w in zip(r, widths))
     lines += [fmt(cols), fmt(["-" * w for w in widths]), *map(fmt, rows), ""]
     lines.append(f"busy GPU-hours {_h(plan.busy_gpu_s)}; billed = wall × N: sampling runs ⌊N / {plan.gpus_per_sampler:g}⌋ "
                  f"actors, training {plan.train_workers} Ray Train worker(s) while the other GPUs wait")
