@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lgd_ray.core.config import load_config
+from lgd_ray.core.config import from_dict, load_config
 from lgd_ray.core.errors import UserError
+from lgd_ray.engine.store import OutputDir
 from lgd_ray.tune.spec import load_sweep, parse_sweep
 from lgd_ray.tune.trainable import (
     HEAD,
@@ -94,12 +95,16 @@ def test_resource_reservation():
     assert max_concurrent(cpu, {"CPU": 8.0}, 10) == 7
 
 
+# 2 trials × 2 guided stages. ASHA's rung is stage 2 (θ_1, the first report that can separate trials; stage 1
+# reports θ_0, trained on the unguided seed increment every trial shares): a trial below it is stopped before
+# it samples its final increment, one above it goes on to sample it (ASHA's max_t is past the last report).
 TINY_TREE = {"space": {"distill.lam": {"loguniform": [0.05, 0.5]}, "distill.omega": {"uniform": [0.0, 1.0]}},
              "num_samples": 2, "seed": 1, "asha": {"grace_period": 2, "reduction_factor": 2}}
+STAGES = 2
 
 
 def tiny_sweep_overrides(generator_dir: str, reference: str) -> list[str]:
-    return tiny_overrides(generator_dir, reference) + ["distill.stages=3"]
+    return tiny_overrides(generator_dir, reference) + [f"distill.stages={STAGES}"]
 
 
 def test_optuna_search_proposes_within_the_space():
@@ -131,12 +136,84 @@ def tiny_sweep(tiny_generator_dir, reference_file):
     return parse_sweep(TINY_TREE, tiny_sweep_overrides(tiny_generator_dir, reference_file))
 
 
+def _students(trial: Path) -> set[int]:
+    """The stages i whose θ_i the trial has trained and recorded (a line being written is not one yet)."""
+    m = trial / "metrics.jsonl"
+    found = set()
+    for line in (m.read_text().splitlines() if m.is_file() else []):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("event") == "student":
+            found.add(rec["stage"])
+    return found
+
+
 @pytest.fixture(scope="module")
-def swept(ray_session, tiny_sweep, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("sweep") / "out")
+def swept(ray_session, tiny_sweep, tiny_generator_dir, reference_file, tmp_path_factory):
+    """The tiny sweep, run once for every test below, the way a user finishes a sweep whose driver died:
+    `lgd-ray tune` in its own process, SIGKILLed in the middle of the first trial (θ_0 trained and
+    reported, θ_1 not yet), then the same sweep again (here in-process), which resumes it. The second
+    trial starts after the resume and is never interrupted. What the kill left behind is recorded for
+    test_killed_sweep_resumes; the other tests read the finished sweep."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_file, out, stderr_file = root / "sweep.yaml", root / "out", root / "tune.stderr"
+    sweep_file.write_text(yaml.safe_dump(TINY_TREE))
+    overrides = tiny_sweep_overrides(tiny_generator_dir, reference_file)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     t0 = time.time()
-    summary = run_sweep(tiny_sweep, out, progress=False)
-    return out, summary, time.time() - t0
+    with open(stderr_file, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "lgd_ray.cli", "tune", str(sweep_file), "--out", str(out),
+                                 "--quiet", *overrides], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+    trials: list[Path] = []
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            trials = sorted(Path(out, "trials").glob("*")) if out.exists() else []
+            if any(0 in _students(t) for t in trials):
+                break
+            time.sleep(0.3)
+        alive = proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = {"alive": alive, "stderr": stderr_file.read_bytes().decode(errors="replace")[-2000:],
+              "trials": trials, "students": {t.name: _students(t) for t in trials},
+              # the finished stage: its parts and manifest, and θ_0's weights
+              "kept": {p: p.stat().st_mtime_ns for t in trials
+                       for p in [*t.glob("data/stage-000/*"), *t.glob("checkpoints/stage=000/*")]}}
+    resumed = load_sweep(sweep_file, overrides)
+    assert resumed.base_dict == tiny_sweep.base_dict  # the file and the inline tree are one sweep
+    summary = run_sweep(resumed, str(out), progress=False)
+    return str(out), summary, time.time() - t0, killed
+
+
+@pytest.fixture(scope="module")
+def from_scratch(ray_session, tmp_path_factory):
+    """`distill` from scratch of a config (what `lgd-ray distill best.yaml` runs), once per config: the
+    tests that compare a trial with a fresh run of its config share the run when they name one trial."""
+    from lgd_ray.engine.distill import distill
+
+    runs: dict[str, Path] = {}
+
+    def run(cfg) -> Path:
+        key = json.dumps(cfg.to_dict(), sort_keys=True)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("rerun") / "out"
+            distill(cfg, str(out), progress=False)
+            runs[key] = out
+        return runs[key]
+
+    return run
 
 
 def _rows(out: str) -> list[dict]:
@@ -144,18 +221,24 @@ def _rows(out: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _student_records(run: Path) -> dict[int, dict]:
+    recs = [json.loads(line) for line in Path(run, "metrics.jsonl").read_text().splitlines()]
+    return {r["stage"]: r for r in recs if r["event"] == "student"}
+
+
 def test_per_stage_reporting(swept):
-    out, summary, _ = swept
+    out, summary, _, _ = swept
     rows = _rows(out)
     assert len(rows) == 2 and summary["trials"] == 2
     assert {r["status"] for r in rows} <= {"completed", "early-stopped"} and "completed" in {r["status"] for r in rows}
     for r in rows:
+        trial = Path(out, "trials", r["trial_id"])
         n = int(r["stages_done"])
-        # each trial reported stage 1..n, and n = K unless ASHA stopped it
-        assert all(r[f"acc_stage{s}"] != "" for s in range(1, n + 1))
-        assert (n == 3) == (r["status"] == "completed") and n >= 2  # ASHA's only rung is stage 2
-        recs = [json.loads(line) for line in Path(out, "trials", r["trial_id"], "metrics.jsonl").read_text().splitlines()]
-        students = {x["stage"]: x["select_acc"] for x in recs if x["event"] == "student"}
+        # each trial reported stages 1..K: ASHA's only rung is the last report, stage K = 2
+        assert n == STAGES and all(r[f"acc_stage{s}"] != "" for s in range(1, n + 1))
+        # kept by the rung: the final increment sampled, the trial complete; stopped: never sampled
+        assert (r["status"] == "completed") == (trial / "data" / f"stage-{STAGES:03d}" / "_manifest.json").is_file()
+        students = {s: x["select_acc"] for s, x in _student_records(trial).items()}
         for s in range(1, n + 1):  # what Tune got is what the pipeline measured for θ_{s-1}
             assert float(r[f"acc_stage{s}"]) == pytest.approx(students[s - 1])
     # the reservation: one trial's peak (0.01 + 1 CPU) fits 2 CPUs once, so the trials ran one after the other
@@ -168,7 +251,7 @@ def test_per_stage_reporting(swept):
 
 
 def test_best_yaml(swept, tiny_sweep):
-    out, summary, _ = swept
+    out, summary, _, _ = swept
     best = summary["best"]
     done = [r for r in _rows(out) if r["status"] == "completed"]
     assert best["trial_id"] == max(done, key=lambda r: float(r["final_acc"]))["trial_id"]
@@ -178,23 +261,20 @@ def test_best_yaml(swept, tiny_sweep):
     assert cfg.distill.lam == pytest.approx(best["params"]["distill.lam"])
 
 
-def test_best_yaml_reproduces_the_trial(swept, tmp_path):
+def test_best_yaml_reproduces_the_trial(swept, from_scratch):
     """`lgd-ray distill best.yaml` from scratch ends with the accuracy the sweep reported for that trial."""
-    from lgd_ray.engine.distill import distill
-
-    out, summary, _ = swept
-    rerun = tmp_path / "rerun"
-    distill(load_config(Path(out, "best.yaml")), str(rerun), progress=False)
-    recs = [json.loads(line) for line in Path(rerun, "metrics.jsonl").read_text().splitlines()]
-    last = max(r["stage"] for r in recs if r["event"] == "student")
+    out, summary, _, _ = swept
+    rerun = from_scratch(load_config(Path(out, "best.yaml")))
+    recs = _student_records(rerun)
+    last = max(recs)
     assert last + 1 == summary["best"]["stage"]
-    assert next(r["select_acc"] for r in recs if r["event"] == "student" and r["stage"] == last) == summary["best"]["select_acc"]
+    assert recs[last]["select_acc"] == summary["best"]["select_acc"]
     assert {p.name for p in Path(out, "trials", summary["best"]["trial_id"]).glob("data/stage-*")} == \
         {p.name for p in rerun.glob("data/stage-*")}
 
 
 def test_resume_keeps_finished_trials(swept, tiny_sweep):
-    out, first, first_s = swept
+    out, first, first_s, _ = swept
     before = {p: p.stat().st_mtime_ns for p in Path(out, "trials").glob("*/metrics.jsonl")}
     t0 = time.time()
     again = run_sweep(tiny_sweep, out, progress=False)
@@ -204,59 +284,33 @@ def test_resume_keeps_finished_trials(swept, tiny_sweep):
     assert time.time() - t0 < first_s / 2
 
 
-def test_killed_sweep_resumes(ray_session, swept, tiny_generator_dir, reference_file, tmp_path):
-    """SIGKILL the `lgd-ray tune` driver in the middle of its trial, rerun the same command: the trial
-    resumes from its finished stages (their files untouched) and ends with the accuracies the same trial
-    had in the sweep that was never interrupted (one trial: the seeded search draws the same first one)."""
-    import signal
-    import subprocess
-    import sys
+def test_killed_sweep_resumes(swept, from_scratch):
+    """SIGKILL the `lgd-ray tune` driver in the middle of its trial, rerun the same sweep: the trial resumes
+    from its finished stage (its files untouched) and ends with the accuracies and the bytes of a run of
+    its config that was never interrupted."""
+    out, summary, _, killed = swept
+    assert killed["alive"], f"sweep ended before it could be killed: {killed['stderr']}"
+    (trial,) = killed["trials"]  # the first trial, killed before the second started
+    assert killed["students"][trial.name] == {0}  # θ_0 trained and reported, θ_1 not yet
+    kept = killed["kept"]
+    assert any(p.name == "_manifest.json" for p in kept) and any(p.suffix == ".safetensors" for p in kept)
 
-    import yaml
+    assert summary["restored"] and summary["trials"] == 2
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the finished stage was not redone
+    assert _students(trial) == set(range(STAGES))
+    (row,) = [r for r in _rows(out) if r["trial_id"] == trial.name]
+    assert row["status"] == "completed"
 
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({**TINY_TREE, "num_samples": 1}))
-    overrides = tiny_sweep_overrides(tiny_generator_dir, reference_file)
-    out = tmp_path / "out"
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "lgd_ray.cli", "tune", str(sweep_file), "--out", str(out), "--quiet",
-                             *overrides], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    cfg = from_dict(json.loads((trial / "config.json").read_text())["config"])
+    # the resumed trial kept the parameters it was drawn with (trials.csv: 4 significant digits)
+    assert (float(row["distill.lam"]), float(row["distill.omega"])) == \
+        (pytest.approx(cfg.distill.lam, rel=1e-3), pytest.approx(cfg.distill.omega, rel=1e-3))
+    fresh = from_scratch(cfg)
+    accs = {s: x["select_acc"] for s, x in _student_records(fresh).items()}
+    assert [float(row[f"acc_stage{s}"]) for s in range(1, STAGES + 1)] == [accs[s] for s in range(STAGES)]
+    for s in range(STAGES + 1):
+        assert OutputDir(str(trial)).manifest(s)["parts"] == OutputDir(str(fresh)).manifest(s)["parts"]
 
-    def students(trial: Path) -> set[int]:
-        m = trial / "metrics.jsonl"
-        lines = m.read_text().splitlines() if m.is_file() else []
-        return {json.loads(x)["stage"] for x in lines if json.loads(x)["event"] == "student"}
-
-    trials: list[Path] = []
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            trials = list(Path(out, "trials").glob("*")) if out.exists() else []
-            if trials and 1 in students(trials[0]):  # θ_0 and θ_1 trained and reported; θ_2 not yet
-                break
-            time.sleep(0.3)
-        assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    (trial,) = trials
-    assert 2 not in students(trial)
-    kept = {p: p.stat().st_mtime_ns for p in [*trial.glob("data/stage-000/*"), *trial.glob("data/stage-001/*")]}
-    assert kept
-
-    again = run_sweep(load_sweep(sweep_file, overrides), str(out), progress=False)
-    assert again["restored"] and again["trials"] == 1
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished stages were not redone
-    assert 2 in students(trial)
-
-    def table(path) -> list[tuple]:
-        return sorted((r["distill.lam"], r["distill.omega"], r["acc_stage1"], r["acc_stage2"], r["acc_stage3"],
-                       r["status"]) for r in _rows(path))
-
-    (resumed,) = table(out)
-    assert resumed in table(swept[0])
 
 
 def test_concurrency_from_the_sweep_file_for_clusters_that_start_empty(tmp_path):
