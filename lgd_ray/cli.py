@@ -65,8 +65,9 @@ def _check_out(a: argparse.Namespace) -> None:
 
 
 def cmd_distill(a: argparse.Namespace) -> int:
+    from .apps.cost import plan_line
     from .engine.distill import distill
-    from .engine.run import init_ray, plan_line, resolve_run
+    from .engine.run import init_ray, resolve_run
 
     cfg = _load(a)
     _check_out(a)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..core.classes import generator_class_index, resolve_classes
 from ..core.config import Config, from_dict
@@ -105,35 +105,3 @@ def load_run_config(out_uri: str) -> Config:
     if saved is None:
         raise UserError("out", f"{out_uri} is not an lgd-ray output (no config.json)", "give the --out folder of `lgd-ray distill`")
     return from_dict(saved["config"])
-
-
-
-def plan_line(cfg: Config, run: RunInfo) -> str:
-    """The run's size in one line, stated before sampling starts: images × κ × steps = image-steps, from
-    the same per-stage plan as `lgd-ray plan` (apps/cost.py), which prints GPU-hours and wall time."""
-    import copy
-
-    from ..apps.cost import ASSUMED_H100_DIT_XL, make_plan
-    from ..core.students import list_students
-
-    c = copy.deepcopy(cfg)
-    c.data.classes = list(run.class_ids)  # the resolved classes: a folder's own list needs no data.classes
-    # only the sampling counts are read: any training figure will do, for every student family
-    rates = {name: 1.0 for name in ("convnet", *list_students())}
-    plan = make_plan(c, replace(ASSUMED_H100_DIT_XL, train_images_per_s=rates))
-    sampled = [s for s in plan.stages if s.sample_gpu_s > 0]  # a seed_source's stage 0 is copied, not sampled
-    images = sum(s.slots for s in plan.stages)
-    image_steps = sum(s.slots * s.candidates * (s.unguided_steps + s.guided_steps) for s in sampled)
-    guided = sum(s.slots * s.candidates * s.guided_steps for s in sampled)
-    seed, rest = plan.stages[0], plan.stages[1:]
-    seed_sampled = seed.sample_gpu_s > 0
-    terms = [f"{seed.slots:,} seed images"] if seed_sampled else []
-    if rest:
-        terms.append(f"{len(rest)} stage{'s' if len(rest) > 1 else ''} × {rest[0].slots:,} images × "
-                     f"{rest[0].candidates:,} candidates")
-    expr = f"({' + '.join(terms)})" if len(terms) > 1 else terms[0] if terms else "0 images"
-    copied = f", {seed.slots:,} seed images copied from distill.seed_source" if not seed_sampled else ""
-    cfg_passes = "; CFG: 2 denoiser passes each" if cfg.generator.cfg_scale != 1.0 else ""
-    return (f"plan: {expr} × {cfg.generator.num_steps} steps = {image_steps:,} image-steps ({guided:,} guided"
-            f"{cfg_passes}) for {images:,} images{copied}, in {sum(s.chunks for s in sampled):,} chunks over "
-            f"{cfg.ray.samplers} samplers; `lgd-ray plan` gives the GPU-hours")
