@@ -80,13 +80,17 @@ class ChunkWorker:
 
     def load_stage(self, inputs: list) -> dict:
         """The stage's inputs from the object store, `[ref]` to (settings, params, θ_{i-1}, memory), loaded
-        unless they are the ones in use. Every chunk names its stage's inputs, so an actor that Ray
-        restarted (a fresh __init__, nothing of the stage) fetches them again before its retried chunk."""
+        unless they are the ones in use; returns this actor's placement. Every chunk names its stage's
+        inputs too, so an actor that Ray restarted (a fresh __init__, nothing of the stage) fetches them
+        again before its retried chunk."""
+        self._use_stage(inputs)
+        return self.placement()
+
+    def _use_stage(self, inputs: list) -> None:
         ref = inputs[0]  # wrapped in a list, so Ray hands over the reference, not the value
         if ref.hex() != self.stage_inputs:
             self.set_stage(*ray.get(ref))
             self.stage_inputs = ref.hex()
-        return self.placement()
 
     def placement(self) -> dict:
         """This actor's precision (device type, dtype) and process: the driver records and checks it."""
@@ -111,7 +115,7 @@ class ChunkWorker:
         """Sample a chunk and write its part; returns the part's info and, with `inputs` (the pool's
         path), the writer's pid, which tells the driver whether the actor was restarted meanwhile."""
         if inputs is not None:
-            self.load_stage(inputs)
+            self._use_stage(inputs)
         samples = sample_items(self.gen, items, self.settings, self.params.class_map, student=self.student,
                                reference=self.reference, memory=self.memory)
         info = self.out.write_part(stage, chunk_index, samples, self.params)
