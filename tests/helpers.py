@@ -139,29 +139,39 @@ def write_class_folder(root: Path, classes: tuple[str, ...], per_split: tuple[in
     return root
 
 
-def descendants(root: int) -> list[int]:
-    """Every process below `root` (a test's raylet), so a kill never reaches another Ray session."""
-    children: dict[int, list[int]] = {}
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process now (from /proc)."""
+    table = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    table[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [root]
+                pass
+    return table
+
+
+def descendants(*roots: int, table: dict[int, int] | None = None) -> set[int]:
+    """Every process below `roots` (a test's raylet, a test cluster's processes), so a kill never reaches
+    another Ray session; `table` is a parent_pids() already taken."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in (parent_pids() if table is None else table).items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    stack = list(roots)
     while stack:
         for c in children.get(stack.pop(), []):
-            found.append(c)
-            stack.append(c)
+            if c not in found:
+                found.add(c)
+                stack.append(c)
     return found
 
 
 def titled(root: int, title: str) -> list[int]:
     """The processes below `root` whose title (Ray's `ray::Class.method`) starts with `title`."""
     pids = []
-    for pid in descendants(root):
+    for pid in sorted(descendants(root)):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if f.read().split(b"\0")[0].decode(errors="replace").startswith(title):

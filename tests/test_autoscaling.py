@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, free_port, tiny_overrides
+from helpers import ROOT, descendants, free_port, parent_pids, tiny_overrides
 
 pytestmark = pytest.mark.multinode
 
@@ -40,18 +40,6 @@ WORKER = {"CPU": 2, "GPU": 1, "object_store_memory": 200 * 1024 * 1024}
 GPU_OVERRIDES = ["ray.samplers=1", "ray.gpus_per_sampler=1", "ray.gpus_per_train_worker=1"]
 SWEEP = {"space": {"distill.lam": {"loguniform": [0.05, 0.5]}, "distill.omega": {"uniform": [0.0, 1.0]}},
          "num_samples": 2, "seed": 1}
-
-
-def _processes() -> dict[int, int]:
-    """pid -> parent pid of every process now."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                table[int(entry)] = int(Path("/proc", entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    return table
 
 
 def _marked(pid: int, token: str) -> bool:
@@ -65,18 +53,9 @@ def _ours(token: str, known: set[int] = frozenset()) -> set[int]:
     """This cluster's processes: those whose environment carries the token, plus all their descendants.
     The descendants matter: Ray's agents and workers rename themselves (setproctitle), which can overwrite
     the environment that /proc shows, so they are found through their raylet while it is alive."""
-    table = _processes()
+    table = parent_pids()
     roots = {p for p in table if p != os.getpid() and (p in known or _marked(p, token))}
-    children: dict[int, list[int]] = {}
-    for pid, ppid in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found and pid != os.getpid():
-            found.add(pid)
-            todo.extend(children.get(pid, []))
-    return found
+    return (roots | descendants(*roots, table=table)) - {os.getpid()}
 
 
 def _signal(pids: set[int], sig: int) -> None:
