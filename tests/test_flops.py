@@ -70,7 +70,7 @@ def grad_of(fn, shape) -> None:
 def test_bench_writes_json_and_table(flops_dir, report, capsys):
     md = (flops_dir / "flops.md").read_text()
     assert "TFLOP per step" in md and "TFLOP per kept image" in md
-    assert {"unguided", "lgd", "igd"} == set(report["rows"])
+    assert {"unguided", "lgd", "lgd_x0", "lgd_prune", "lgd_x0_prune", "igd"} == set(report["rows"])
     for name in report["rows"]:
         assert f"| {name} |" in md
     lgd = report["rows"]["lgd"]
@@ -170,6 +170,30 @@ def test_per_kept_image_is_what_sample_items_counts(report, models):
         m.gen.set_scheduler("ddpm", m.spec.num_steps)
     lgd = report["rows"]["lgd"]
     row = fb.Row("lgd", "", lgd["step"], K, 3, 3, lgd["final"])
+    assert counted == len(items) * sum(fb.per_kept_image(row, report["unguided_step"]).values())
+
+
+def test_x0_space_and_pruning_cut_what_they_say(report, models):
+    """x̂0-space: the same step less the denoiser's backward. Pruning: the arithmetic against the sampler
+    run end to end, 2 slots × κ candidates to the pruning step, one survivor each after it."""
+    rows = report["rows"]
+    lgd, x0 = rows["lgd"]["step"], rows["lgd_x0"]["step"]
+    assert x0["denoiser_bwd"] == 0 < lgd["denoiser_bwd"]
+    assert {k: v for k, v in x0.items() if k != "denoiser_bwd"} == {k: v for k, v in lgd.items() if k != "denoiser_bwd"}
+    assert rows["lgd_x0_prune"]["per_kept_image_total"] < rows["lgd_x0"]["per_kept_image_total"]
+    m = models
+    steps, window = 6, (1, 3)
+    m.gen.set_scheduler("ddpm", steps)
+    try:
+        s = m.settings(num_steps=steps, window=window, k=K, batch_size=64, grad_space="x0", prune_at=2, prune_keep=1)
+        items = stage_items(1, m.spec.num_classes, 1)[:2]
+        counted = total(lambda: sample_items(m.gen, items, s, list(range(m.spec.num_classes)),
+                                             student=m.student, reference=m.reference))
+    finally:
+        m.gen.set_scheduler("ddpm", m.spec.num_steps)
+    r = rows["lgd_x0_prune"]
+    # steps 5..2 with κ (2 of them guided), x̂0 scored at step 2, then steps 1..0 with one survivor (1 guided)
+    row = fb.Row("x", "", r["step"], K, 2, 2, r["final"], survivors=1, guided_after=1, unguided_after=1, prune=r["prune"])
     assert counted == len(items) * sum(fb.per_kept_image(row, report["unguided_step"]).values())
 
 

@@ -14,8 +14,7 @@ only, not on the device or dtype, so a CPU run gives a GPU's figures. The models
 backward of a linear or conv layer computes the input gradient only, one forward's worth (it would
 be two with weight gradients, as IGD's surrogate has).
 
-Rows (`VARIANTS`; a later option such as an x̂0-space gradient or a smaller guidance decoder is one
-more function there):
+Rows (`VARIANTS`; a later option, such as a smaller guidance decoder, is one more function there):
 - `unguided`: DiT's own sampler: every step is a no-grad CFG forward; one decode per image.
 - `lgd`: this project: window steps run `guided_step` (denoiser forward with grad, decoder, resize,
   θ_i and θ*, one backward to x_t), the others are unguided; κ candidates per kept image, each decoded
@@ -28,6 +27,10 @@ more function there):
   and the DiT. 16 of 50 steps guided (`igd_guided_steps`), one image per slot, decoded once per step
   (the x̂0 of the CFG-mixed ε). Left out: the real-data gradients (once per class, not per step) and
   its deviation term; autograd left on outside the window costs IGD memory, not FLOPs.
+- `lgd_x0`: `distill.grad_space=x0`, the gradient w.r.t. x̂0 with ε̂ held fixed: the denoiser runs
+  without autograd, so its backward is gone.
+- `lgd_prune`, `lgd_x0_prune`: `distill.prune_at`/`prune_keep`: the κ candidates run to the pruning
+  step, each x̂0 there is decoded and scored once, and only the survivors finish.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ class FlopsSpec:
     igd_surrogate: str = "convnet2-w8"  # jobs: convnet6, at the generator's image size
     igd_checkpoints: int = 4
     igd_guided_steps: int = 16
+    prune_at: int = 38  # the pruned rows: at this step index each slot keeps prune_keep of its κ candidates
+    prune_keep: int = 1
 
 
 def jobs_spec(arch: str) -> FlopsSpec:
@@ -199,10 +204,11 @@ def unguided_step(m: Models) -> dict[str, int]:
     return forward_only(count(lambda: one_step(m, m.settings(lam=0.0, window=(0, 0))), m.roles))
 
 
-def lgd_step(m: Models) -> dict[str, int]:
+def lgd_step(m: Models, **levers) -> dict[str, int]:
     """PARTS of one LGD guided step: `denoise` over one guided step (guided_step inside), with the
-    forward told apart by `guided_step(backward=False)` on the same input."""
-    s = m.settings(window=(0, 0))
+    forward told apart by `guided_step(backward=False)` on the same input. `levers`: SampleSettings
+    fields such as grad_space="x0"."""
+    s = m.settings(window=(0, 0), **levers)
     whole = count(lambda: one_step(m, s, m.student, m.reference), m.roles)
     x, labels = m.inputs()
     t = m.gen.scheduler.timesteps[0]
@@ -307,16 +313,28 @@ class Row:
     what: str
     step: dict[str, int]  # PARTS of one step of this row's own kind (guided; unguided for the baseline)
     candidates: int  # κ images sampled per kept image
-    guided_steps: int
+    guided_steps: int  # per candidate (before the pruning step, when candidates are pruned)
     unguided_steps: int
     final: dict[str, int]  # PARTS per candidate after its last step (decode, score)
+    # candidate pruning: `survivors` of the κ run `guided_after` + `unguided_after` more steps and the
+    # final decode; `prune` = PARTS per candidate of scoring its x̂0 at the pruning step
+    survivors: int = 0
+    guided_after: int = 0
+    unguided_after: int = 0
+    prune: dict[str, int] | None = None
 
 
 def per_kept_image(row: Row, unguided: dict[str, int]) -> dict[str, int]:
     """FLOPs per component of one kept image: κ × (guided × step + unguided × unguided step + final),
-    `unguided` being the PARTS of an unguided step."""
+    `unguided` being the PARTS of an unguided step; pruned: κ × (the steps to the pruning step + scoring
+    x̂0) + survivors × (the remaining steps + final)."""
     step, plain, final = components(row.step), components(unguided), components(row.final)
-    return {key: row.candidates * (row.guided_steps * step[key] + row.unguided_steps * plain[key] + final[key])
+    if not row.survivors:
+        return {key: row.candidates * (row.guided_steps * step[key] + row.unguided_steps * plain[key] + final[key])
+                for key in step}
+    prune = components(row.prune)
+    return {key: row.candidates * (row.guided_steps * step[key] + row.unguided_steps * plain[key] + prune[key])
+            + row.survivors * (row.guided_after * step[key] + row.unguided_after * plain[key] + final[key])
             for key in step}
 
 
@@ -333,6 +351,37 @@ def lgd_row(m: Models, base: dict[str, int]) -> Row:
                "each candidate decoded and scored", lgd_step(m), m.spec.k, guided, m.spec.num_steps - guided, final)
 
 
+def lgd_x0_row(m: Models, base: dict[str, int]) -> Row:
+    """distill.grad_space=x0: ∇S w.r.t. x̂0 with ε̂ held fixed, so no backward through the denoiser."""
+    row = lgd_row(m, base)
+    row.name, row.step = "lgd_x0", lgd_step(m, grad_space="x0")
+    row.what = "distill.grad_space=x0: as lgd, ∇S w.r.t. x̂0 (ε̂ held fixed): no denoiser backward"
+    return row
+
+
+def _pruned(m: Models, row: Row) -> Row:
+    """`row` with distill.prune_at / prune_keep (the spec's): κ candidates to the pruning step, then
+    prune_keep of them; scoring x̂0 there costs one decode and both students per candidate."""
+    s = m.spec
+    before = [i for i in range(s.num_steps) if i >= s.prune_at]  # the noisier steps run first
+    after = [i for i in range(s.num_steps) if i < s.prune_at]
+    g_before = sum(in_window(i, s.window) for i in before)
+    g_after = sum(in_window(i, s.window) for i in after)
+    decode, score = final_decode(m), final_score(m)
+    prune = {k: decode[k] + score[k] for k in PARTS}  # the same ops as scoring a final image
+    return Row(row.name + "_prune", row.what + f"; candidates pruned at step {s.prune_at} to {s.prune_keep} of "
+               f"{s.k} (distill.prune_at={s.prune_at}, prune_keep={s.prune_keep})", row.step, row.candidates,
+               g_before, len(before) - g_before, row.final, s.prune_keep, g_after, len(after) - g_after, prune)
+
+
+def lgd_prune_row(m: Models, base: dict[str, int]) -> Row:
+    return _pruned(m, lgd_row(m, base))
+
+
+def lgd_x0_prune_row(m: Models, base: dict[str, int]) -> Row:
+    return _pruned(m, lgd_x0_row(m, base))
+
+
 def igd_row(m: Models, base: dict[str, int]) -> Row:
     s = m.spec
     return Row("igd", f"IGD-style harness: {s.igd_checkpoints} surrogate checkpoints ({s.igd_surrogate} at "
@@ -340,7 +389,8 @@ def igd_row(m: Models, base: dict[str, int]) -> Row:
                igd_step(m), 1, s.igd_guided_steps, s.num_steps - s.igd_guided_steps, final_decode(m))
 
 
-VARIANTS: list[Callable[[Models, dict[str, int]], Row]] = [unguided_row, lgd_row, igd_row]
+VARIANTS: list[Callable[[Models, dict[str, int]], Row]] = [unguided_row, lgd_row, lgd_x0_row, lgd_prune_row,
+                                                          lgd_x0_prune_row, igd_row]
 
 
 def run_flops_bench(spec: FlopsSpec, out: str | None = None, variants=None, device: str | None = None) -> dict:
@@ -402,7 +452,10 @@ def format_flops(r: dict) -> str:
     for name, row in rows.items():
         total = row["per_kept_image_total"]
         ratio = f"{total / u_image:.1f}x" if u_image else "–"
-        lines.append(f"| {name} | {row['candidates']} | {row['guided_steps']} + {row['unguided_steps']} | "
+        steps = f"{row['guided_steps']} + {row['unguided_steps']}"
+        if row.get("survivors"):
+            steps += f", then {row['survivors']}: {row['guided_after']} + {row['unguided_after']}"
+        lines.append(f"| {name} | {row['candidates']} | {steps} | "
                      f"{_t(sum(row['final'].values()))} | " + " | ".join(_t(row["per_kept_image"][c]) for c in comps)
                      + f" | {_t(total)} | {ratio} |")
     lines += [""] + [f"- {name}: {row['what']}" for name, row in rows.items()]

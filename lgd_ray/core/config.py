@@ -102,6 +102,17 @@ class DistillConfig:
     memory_size: int = 64
     seed_source: str | None = None  # Parquet file/folder or image folder for I_0; None = unguided samples
     chunk_size: int = 8  # work items (slots) per chunk = per Parquet part; fixes batch composition
+    # Levers (README "What guidance adds"): each off by default, i.e. LGD as the paper states it.
+    # grad_space: xt = ∇_{x_t}S through the denoiser (exact); x0 = ∇_{x̂0}S with ε̂ held fixed, which
+    #   skips the denoiser's backward (about a fifth of a DiT-XL/2 guided step's FLOPs)
+    grad_space: str = "xt"
+    views: int = 1  # S averaged over this many randomly shifted views of the decoded image (EOT)
+    grad_blur: float = 0.0  # σ in latent pixels of a Gaussian low-pass of ∇S; 0 = none
+    gate: float = 0.0  # validity gate: a candidate to which θ* gives p(label) < gate cannot be kept
+    # candidate pruning: at step index prune_at (0 = cleanest; -1 = off) each slot keeps its prune_keep
+    # candidates of highest S on x̂0 and only they finish; rank selection on the final images decides
+    prune_at: int = -1
+    prune_keep: int = 1
 
 
 @dataclass
@@ -175,6 +186,9 @@ class Config:
             d[section].pop(name)
         if self.generator.convention == "auto":  # the default: outputs made before this key keep their hash
             d["generator"].pop("convention")
+        for name, default in LEVER_DEFAULTS.items():  # off: outputs made before the levers keep their hash
+            if d["distill"][name] == default:
+                d["distill"].pop(name)
         if self.eval.protocol == "hard":  # unused then; and outputs made before these keys keep their hash
             for name in SOFT_LABEL_KEYS:
                 d["eval"].pop(name)
@@ -189,6 +203,8 @@ EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler"
                   "ray.train_failures", "ray.checkpoint_every",  # retries and checkpoints change no byte
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
+LEVER_DEFAULTS = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1}
+GRAD_SPACES = ("xt", "x0")
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -341,6 +357,7 @@ def validate(cfg: Config) -> None:
             f"{d.window} is outside the step range 0..{g.num_steps - 1}",
             f"give [lo, hi] with 0 <= lo <= hi <= {g.num_steps - 1} (0 = cleanest step)",
         )
+    _validate_levers(d, g.num_steps)
     bs = g.batch_size
     if bs != "auto" and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
         raise UserError("generator.batch_size", f"expected a positive integer or auto, got {g.batch_size!r}",
@@ -414,6 +431,25 @@ def check_training(section: str, *, epochs: int, batch_size: int, lr: float, opt
     if lr <= 0 or weight_decay < 0 or not 0 <= cutmix <= 1:
         raise UserError(section, "need lr > 0, weight_decay >= 0 and 0 <= cutmix <= 1",
                         f"got lr={lr}, weight_decay={weight_decay}, cutmix={cutmix}")
+
+
+def _validate_levers(d: DistillConfig, num_steps: int) -> None:
+    if d.grad_space not in GRAD_SPACES:
+        raise UserError("distill.grad_space", f"unknown gradient space {d.grad_space!r}",
+                        "choose xt (exact, through the denoiser) or x0 (w.r.t. x̂0, no denoiser backward)")
+    if d.views < 1:
+        raise UserError("distill.views", f"must be >= 1, got {d.views}", "use 1 for the image alone, e.g. 4 for EOT")
+    if not d.grad_blur >= 0:
+        raise UserError("distill.grad_blur", f"must be >= 0, got {d.grad_blur}", "use 0 for no blur, e.g. 1.0 (pixels)")
+    if not 0 <= d.gate < 1:
+        raise UserError("distill.gate", f"must be in [0, 1), got {d.gate}",
+                        "use 0 for no gate, e.g. 0.5: θ* must give the label at least that probability")
+    if not -1 <= d.prune_at < num_steps:
+        raise UserError("distill.prune_at", f"{d.prune_at} is outside the step range -1..{num_steps - 1}",
+                        "use -1 for no pruning, or a step index (0 = cleanest), e.g. 12")
+    if d.prune_at >= 0 and not 1 <= d.prune_keep < d.k:
+        raise UserError("distill.prune_keep", f"must be in 1..{d.k - 1} (κ = {d.k}) when pruning, got {d.prune_keep}",
+                        "keep fewer candidates than κ, e.g. 1, or set distill.prune_at=-1")
 
 
 def _validate_protocol(e: EvalConfig) -> None:

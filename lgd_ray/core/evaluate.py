@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -104,6 +105,26 @@ def summarize(per_seed: list[dict]) -> dict:
         "final_acc": final,
         "best_acc": best,
     }
+
+
+def mean_se(per_generation_seed: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """Grand mean and its standard error over G generation seeds × E evaluation seeds each.
+
+    SE² = max(s_b²/G, s_w²/(G·E)): s_b² is the sample variance of the G per-generation-seed means,
+    which carries both sources of noise (the images drawn and the evaluator's seed); s_w² is the
+    pooled within-seed variance, the evaluation noise alone, kept as a floor because with G = 2 the
+    first estimate has one degree of freedom and can come out near zero by luck. One seed of one:
+    SE = 0 (nothing to estimate it from)."""
+    groups = [list(map(float, g)) for g in per_generation_seed if len(g)]
+    if not groups:
+        raise ValueError("no accuracies")
+    means = [sum(g) / len(g) for g in groups]
+    grand = sum(means) / len(means)
+    n_g, n_all = len(groups), sum(len(g) for g in groups)
+    between = sum((m - grand) ** 2 for m in means) / (n_g - 1) / n_g if n_g > 1 else 0.0
+    dof = n_all - n_g
+    within = sum((v - m) ** 2 for g, m in zip(groups, means) for v in g) / dof / n_all if dof > 0 else 0.0
+    return grand, math.sqrt(max(between, within))
 
 
 def evaluate_set(train_set: Dataset, val_set: Dataset, settings: EvalConfig, *, num_classes: int,

@@ -12,6 +12,8 @@ Step indices: 0 = the cleanest (last) sampling step, num_steps−1 = the noisies
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -84,9 +86,62 @@ def deviation_grad(x0: torch.Tensor, labels: torch.Tensor, memory: dict[int, tor
     return grad.view_as(x0)
 
 
-def select_best(scores: torch.Tensor) -> torch.Tensor:
-    """Rank selection: scores is slots×κ; the index of the highest S per slot (first on ties)."""
-    return scores.argmax(dim=1)
+def select_best(scores: torch.Tensor, reference_prob: torch.Tensor | None = None, gate: float = 0.0) -> torch.Tensor:
+    """Rank selection: scores is slots×κ; the index of the highest S per slot (first on ties).
+
+    The validity gate (`gate` > 0): a candidate to which θ* gives its label a probability below
+    `gate` cannot win, however learnable; when no candidate of a slot passes, the one θ* finds most
+    typical of its class wins (the slot is still filled, with the least doubtful image).
+    """
+    if gate <= 0 or reference_prob is None:
+        return scores.argmax(dim=1)
+    valid = reference_prob >= gate
+    gated = torch.where(valid, scores, torch.full_like(scores, -torch.inf)).argmax(dim=1)
+    return torch.where(valid.any(dim=1), gated, reference_prob.argmax(dim=1))
+
+
+def blur(grad: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A Gaussian low-pass of a gradient over its last two (spatial) axes, σ in pixels (0 = none).
+
+    ∇S of a small ConvNet is dominated by pixel-scale patterns (adversarial texture); blurring keeps
+    the part of the direction that changes content. Reflect padding, so the border is not darkened.
+    """
+    if sigma <= 0:
+        return grad
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=grad.device)
+    k = torch.exp(-x**2 / (2 * sigma**2))
+    k = (k / k.sum()).to(grad.dtype)
+    n, c, h, w = grad.shape
+    g = grad.reshape(n * c, 1, h, w)
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    g = F.pad(g, (pad_w, pad_w, 0, 0), mode="reflect") if pad_w > 0 else g
+    g = F.conv2d(g, k[radius - pad_w:radius + pad_w + 1].view(1, 1, 1, -1))
+    g = F.pad(g, (0, 0, pad_h, pad_h), mode="reflect") if pad_h > 0 else g
+    g = F.conv2d(g, k[radius - pad_h:radius + pad_h + 1].view(1, 1, -1, 1))
+    return g.reshape(n, c, h, w)
+
+
+def shifted_views(images: torch.Tensor, seeds: list[int], step: int, views: int, max_shift: int) -> torch.Tensor:
+    """`views` copies of each image, each translated by a random whole-pixel shift in
+    [−max_shift, max_shift]² (border pixels repeated), stacked view-major: (views·n, C, H, W).
+
+    For an expectation of S over augmentations (EOT): the gradient of the mean over shifted views
+    points at what the student sees wherever the digit sits, not at one pixel pattern. Seed rule:
+    sample i's shifts at step j come from its own generator seeded by (seed_i, j), so they do not
+    depend on the batch it is in. Differentiable (a gather of the image's own pixels).
+    """
+    n, _, h, w = images.shape
+    shifts = torch.stack([torch.randint(-max_shift, max_shift + 1, (views, 2),
+                                        generator=torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63))
+                          for seed in seeds], dim=1).to(images.device)  # views × n × (dy, dx)
+    rows = (torch.arange(h, device=images.device)[None, None, :] - shifts[..., 0:1]).clamp(0, h - 1)
+    cols = (torch.arange(w, device=images.device)[None, None, :] - shifts[..., 1:2]).clamp(0, w - 1)
+    out = []
+    for v in range(views):
+        x = images.gather(2, rows[v][:, None, :, None].expand(n, images.shape[1], h, w))
+        out.append(x.gather(3, cols[v][:, None, None, :].expand(n, images.shape[1], h, w)))
+    return torch.cat(out)
 
 
 class ClassMemory:

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 from .generator import Generator
 from .guidance import (
+    blur,
     deviation_grad,
     guided_eps,
     in_window,
     learnability_score,
     select_best,
+    shifted_views,
 )
 from .work import WorkItem, item_seed
 
@@ -41,6 +43,16 @@ class SampleSettings:
     student_size: int = 8  # images are resized to this before the student and the reference see them
     autocast: bool = False  # bf16 autocast of the denoiser and students (GPU)
     vae_checkpointing: bool = False  # recompute the VAE decoder in the backward (activation_bytes.py measures the trade)
+    # The levers (config.DistillConfig says what each is for; all off = exact LGD as the paper states it)
+    grad_space: str = "xt"  # xt: ∇_{x_t}S through the denoiser (exact) | x0: ∇_{x̂0}S with ε̂ held fixed
+    views: int = 1  # S averaged over this many shifted views of the decoded image (1 = the image only)
+    grad_blur: float = 0.0  # σ (latent pixels) of a Gaussian low-pass of ∇S; 0 = none
+    gate: float = 0.0  # rank selection: a candidate θ* gives p(label) < gate cannot win; 0 = off
+    prune_at: int = -1  # step index (0 = cleanest) where each slot keeps its prune_keep best candidates; -1 = off
+    prune_keep: int = 1
+
+    def pruning(self) -> bool:
+        return self.prune_at >= 0 and self.prune_keep < self.k
 
 
 @dataclass
@@ -81,80 +93,128 @@ def autocast_context(device: torch.device, s: SampleSettings):
 
 
 def guided_step(gen: Generator, x: torch.Tensor, t: torch.Tensor | int, labels: torch.Tensor, gen_labels: torch.Tensor,
-                s: SampleSettings, student, reference, backward: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """(ε̂, σ or None, x̂0, ∇_{x_t}S) of one guided step: the only place with autograd.
+                s: SampleSettings, student, reference, backward: bool = True, seeds: list[int] | None = None,
+                step: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(ε̂, σ or None, x̂0, ∇S) of one guided step: the only place with autograd.
 
-    The backward runs through the student and θ*, the resize, the VAE decoder and the denoiser
-    (both CFG halves), all in one pass for the whole batch. `backward=False` stops after the
-    forward (activation_bytes.py counts what the forward saved for it).
+    Exact (`grad_space` xt): ∇_{x_t}S, the backward runs through the students, the resize, the VAE
+    decoder and the denoiser (both CFG halves), in one pass for the whole batch. `x0`: ε̂ comes from
+    a plain forward and ∇_{x̂0}S skips the denoiser's backward (the deviation term's rule: lowering ε
+    along it still raises S, since ∂x̂0/∂ε = −√(1−ᾱ_t)/√ᾱ_t < 0 and ρ_t normalises the scale).
+    With `views` > 1, S is the mean over shifted views (guidance.shifted_views: `seeds`, `step`).
+    `backward=False` stops after the forward (activation_bytes.py counts what the forward saved).
     """
     gen.set_vae_checkpointing(s.vae_checkpointing)
+    exact = s.grad_space == "xt"
     with torch.enable_grad():
-        x_in = x.detach().requires_grad_(True)
+        x_in = x.detach().requires_grad_(exact)
         with autocast_context(x.device, s):
-            eps, sigma = gen.split(gen.model_output(x_in, t, gen_labels, s.cfg_scale))
+            with nullcontext() if exact else torch.no_grad():
+                eps, sigma = gen.split(gen.model_output(x_in, t, gen_labels, s.cfg_scale))
             x0 = gen.x0(x_in, t, eps)
-            img = to_student(gen.decode(x0), s.student_size)
-            score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
-        grad_s = torch.autograd.grad(score.sum(), x_in)[0] if backward else None
+            wrt = x_in if exact else x0.detach().requires_grad_(True)
+            img = to_student(gen.decode(x0 if exact else wrt), s.student_size)
+            if s.views > 1:
+                img = shifted_views(img, seeds if seeds is not None else list(range(len(img))), step, s.views,
+                                    max(1, s.student_size // 8))
+            score, _, _ = learnability_score(student(img), reference(img), labels.repeat(s.views), s.omega)
+        grad_s = torch.autograd.grad(score.sum() / s.views, wrt)[0] if backward else None
+    if grad_s is not None:
+        grad_s = blur(grad_s, s.grad_blur)
     return eps.detach(), sigma.detach() if sigma is not None else None, x0.detach(), grad_s
 
 
 def denoise(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: torch.Tensor, s: SampleSettings,
             student=None, reference=None, memory: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Run the reverse process for one batch; returns final latents. Labels: student (guidance), generator (conditioning)."""
+    return reverse_process(gen, seeds, labels, gen_labels, s, student, reference, memory)[0]
+
+
+def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: torch.Tensor, s: SampleSettings,
+                    student=None, reference=None, memory: dict[int, torch.Tensor] | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final latents, which rows of the batch they are). All rows, unless candidates are pruned: then
+    the batch is whole slots of κ consecutive rows, and at step `prune_at` each slot keeps the
+    `prune_keep` candidates of highest S on x̂0 (first on ties) and drops the others' remaining steps."""
     device = gen.device
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     # Noise is drawn on the CPU from each item's own generator: identical bytes on any device/batch.
     x = torch.stack([torch.randn(gen.latent_shape, generator=g) for g in gens]).to(device)
     x = x * gen.scheduler.init_noise_sigma
     labels, gen_labels = labels.to(device), gen_labels.to(device)
+    rows = torch.arange(len(seeds))
     timesteps = gen.scheduler.timesteps
     use_s = s.lam > 0 and student is not None and reference is not None
     use_d = s.gamma > 0 and bool(memory)
+    prune = s.pruning() and student is not None and reference is not None
     amp = autocast_context(device, s)
     for j, t in enumerate(timesteps):
-        guided = in_window(len(timesteps) - 1 - j, s.window) and (use_s or use_d)
+        index = len(timesteps) - 1 - j
+        guided = in_window(index, s.window) and (use_s or use_d)
+        live = [seeds[int(r)] for r in rows]
         if guided and use_s:
-            eps, sigma, x0, grad_s = guided_step(gen, x, t, labels, gen_labels, s, student, reference)
+            eps, sigma, x0, grad_s = guided_step(gen, x, t, labels, gen_labels, s, student, reference, seeds=live, step=j)
         else:
             grad_s = None
             with torch.no_grad(), amp:
                 eps, sigma = gen.split(gen.model_output(x, t, gen_labels, s.cfg_scale))
-                x0 = gen.x0(x, t, eps) if guided else None
+                x0 = gen.x0(x, t, eps) if guided or (prune and index == s.prune_at) else None
         if guided:
             grad_d = deviation_grad(x0, labels, memory) if use_d else None
             eps = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
         # σ (DiT's v) is never guided: under learned range it sets the step's variance, ε̃ its mean
         with torch.no_grad():
-            x = gen.step(eps, sigma, t, x, gens)
-    return x.detach()
+            x = gen.step(eps, sigma, t, x, [gens[int(r)] for r in rows])
+        if prune and index == s.prune_at:
+            keep = _prune(gen, x0, labels, s, student, reference)
+            x, labels, gen_labels, rows = x[keep], labels[keep], gen_labels[keep], rows[keep.cpu()]
+    return x.detach(), rows
+
+
+@torch.no_grad()
+def _prune(gen: Generator, x0: torch.Tensor, labels: torch.Tensor, s: SampleSettings, student, reference) -> torch.Tensor:
+    """Rows to keep: per slot (κ consecutive rows) the prune_keep of highest S on the decoded x̂0."""
+    img = to_student(gen.decode(x0), s.student_size)
+    score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
+    top = torch.nan_to_num(score, nan=0.0).view(-1, s.k).topk(s.prune_keep, dim=1, sorted=False).indices.sort(dim=1).values
+    return (top + torch.arange(top.shape[0], device=top.device)[:, None] * s.k).flatten()
 
 
 def sample_items(gen: Generator, items: list[WorkItem], s: SampleSettings, class_map: list[int], *, student=None,
                  reference=None, memory: dict[int, torch.Tensor] | None = None, progress: bool = False) -> list[Sample]:
-    """Sample κ candidates for every item and keep the highest-S one per item (argmax; first on ties)."""
+    """Sample κ candidates for every item and keep the highest-S one per item (argmax; first on ties;
+    under the validity gate only among those θ* finds typical enough, guidance.select_best)."""
     pairs = [(it, c) for it in items for c in range(s.k)]
     seeds = [item_seed(s.run_seed, it.stage, it.label, it.slot, c) for it, c in pairs]
-    images, latents, scores, ls_all, lr_all = [], [], [], [], []
-    batches = range(0, len(pairs), s.batch_size)
+    n = len(pairs)
+    images = torch.zeros(0, dtype=torch.uint8)
+    latents = torch.zeros(0)
+    scores, ls_all, lr_all = (torch.full((n,), torch.nan) for _ in range(3))
+    rank = torch.full((n,), -torch.inf)  # a pruned candidate has no final image, so it never wins
+    # pruning compares a slot's candidates in one batch: the batch is then a whole number of slots
+    bs = max(s.k, s.batch_size // s.k * s.k) if s.pruning() else s.batch_size
+    batches = range(0, n, bs)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="sampling", unit="batch")
     for b in batches:
-        part = pairs[b:b + s.batch_size]
+        part = pairs[b:b + bs]
         labels = torch.tensor([it.label for it, _ in part])
         gen_labels = torch.tensor([class_map[it.label] for it, _ in part])
-        z = denoise(gen, seeds[b:b + s.batch_size], labels, gen_labels, s, student, reference, memory)
+        z, rows = reverse_process(gen, seeds[b:b + bs], labels, gen_labels, s, student, reference, memory)
         with torch.no_grad():
             img = quantize(gen.decode(z))
-        sc, ls, lr = score_images(img, labels.to(img.device), student, reference, s.omega, s.student_size)
-        images.append(img.cpu()), latents.append(z.cpu()), scores.append(sc.cpu()), ls_all.append(ls.cpu()), lr_all.append(lr.cpu())
-    images, latents = torch.cat(images), torch.cat(latents)
-    scores, ls_all, lr_all = torch.cat(scores), torch.cat(ls_all), torch.cat(lr_all)
-    best = select_best(torch.nan_to_num(scores, nan=0.0).view(len(items), s.k))
+        sc, ls, lr = score_images(img, labels[rows].to(img.device), student, reference, s.omega, s.student_size)
+        if images.numel() == 0:
+            images = torch.zeros((n, *img.shape[1:]), dtype=torch.uint8)
+            latents = torch.zeros((n, *z.shape[1:]))
+        idx = rows + b
+        images[idx], latents[idx] = img.cpu(), z.float().cpu()
+        scores[idx], ls_all[idx], lr_all[idx] = sc.cpu(), ls.cpu(), lr.cpu()
+        rank[idx] = torch.nan_to_num(sc.cpu(), nan=0.0)
+    slots = (len(items), s.k)
+    best = select_best(rank.view(slots), torch.exp(-lr_all).nan_to_num(nan=0.0).view(slots), s.gate)
     out = []
     for i, it in enumerate(items):
         j = i * s.k + int(best[i])

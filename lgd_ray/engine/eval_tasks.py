@@ -153,3 +153,26 @@ def cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, se
     train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
     return {**cartography(factory, data, train_settings, device=_device(), stage=stage), "placement": placement()}
+
+
+def evaluate_on_selection(cfg, out_uri: str, *, progress: bool = False) -> dict:
+    """The evaluation protocol on a finished distill, scored on the selection split, and θ*'s accuracy
+    on the set: what a sweep chooses by (`lgd-ray tune` with metric eval_acc). The test split is not read.
+
+    Returns {"acc_mean", "acc_std", "accs" (final accuracy per eval seed), "fidelity", "images"}."""
+    from ..core.data import load_part, materialize
+    from .distill import ensure_reference
+    from .run import resolve_run
+    from .sampler_actors import load_state
+
+    run = resolve_run(cfg)
+    out = OutputDir(out_uri)
+    distilled = out.read_stages(list(range(cfg.distill.stages + 1)), run.class_ids)
+    select = materialize(load_part(cfg.data, "select", run.class_ids))
+    teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)
+    summary = evaluate_sets({"set": distilled}, select, cfg.eval, teacher=teacher, progress=progress,
+                            gpus_per_task=cfg.ray.task_gpus())["set"]
+    reference = load_state(build_student(cfg.reference.arch, len(run.class_ids), cfg.data.image_size, run.in_channels),
+                           ensure_reference(cfg, out, run))
+    return {"acc_mean": summary["final_acc_mean"], "acc_std": summary["final_acc_std"], "accs": summary["final_acc"],
+            "fidelity": reference_fidelity(reference, distilled, cfg.data.image_size), "images": len(distilled)}

@@ -21,7 +21,12 @@ from ..core.config import (
 from ..core.errors import UserError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice")
-SEARCHERS = ("random", "optuna")
+SEARCHERS = ("random", "optuna", "grid")
+# select_acc: θ_i's accuracy on the selection split after every stage (ASHA stops trials early);
+# eval_acc: the evaluation protocol (a fresh eval.arch per eval seed, trained on the finished set)
+#   scored on the selection split once the trial ends, with θ*'s accuracy on the set (label fidelity)
+METRICS = ("select_acc", "eval_acc")
+VARIANT = "variant"  # the Tune parameter that names a trial's variant (a row of `variants:`)
 
 
 @dataclass
@@ -71,10 +76,22 @@ class Sweep:
     # trials in flight; None = as many peaks as the cluster holds now (an autoscaling cluster that starts
     # with no GPU workers needs it: trials then wait for the nodes the autoscaler adds)
     max_concurrent: int | None = None
+    # named sets of overrides, each tried with every point of the space (an ablation: one lever per
+    # variant, `seed` in the space for the generation seeds); {} = no variants
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def stages(self) -> int:
         return self.base.distill.stages
+
+    @property
+    def trials(self) -> int:
+        """How many trials the sweep runs: num_samples times the grid (variants × grid choices)."""
+        n = self.num_samples * max(1, len(self.variants))
+        for p in self.space:
+            if self.search == "grid":
+                n *= len(p.values)
+        return n
 
 
 def config_with(base: Config, params: dict[str, Any]) -> Config:
@@ -83,6 +100,36 @@ def config_with(base: Config, params: dict[str, Any]) -> Config:
         set_key(cfg, k, v)
     validate(cfg)
     return cfg
+
+
+def trial_config(sweep: Sweep, params: dict[str, Any], variant: str | None) -> Config:
+    """The base, then the trial's variant (if any), then its sampled parameters."""
+    return config_with(sweep.base, {**sweep.variants.get(variant or "", {}), **params})
+
+
+def _parse_variants(base: Config, tree: Any) -> dict[str, dict[str, Any]]:
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict) or not tree:
+        raise UserError("variants", "expected a mapping of names to overrides",
+                        "e.g. variants: {lgd: {}, rank-only: {distill.lam: 0.0}}")
+    out = {}
+    for name, overrides in tree.items():
+        overrides = overrides or {}
+        if not isinstance(overrides, dict):
+            raise UserError(f"variants.{name}", f"expected a mapping of config keys, got {overrides!r}",
+                            "e.g. {distill.gate: 0.5}, or {} for the base itself")
+        for key, value in overrides.items():
+            try:
+                config_with(base, {str(key): value})
+            except UserError as e:
+                raise UserError(f"variants.{name}.{key}", e.problem, e.fix) from None
+        try:
+            config_with(base, {str(k): v for k, v in overrides.items()})
+        except UserError as e:  # each key fine alone, not together (e.g. prune_keep with κ)
+            raise UserError(f"variants.{name}", e.problem, e.fix) from None
+        out[str(name)] = {str(k): v for k, v in overrides.items()}
+    return out
 
 
 def _check_value(base: Config, key: str, value: Any, what: str) -> None:
@@ -166,7 +213,8 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     """A sweep mapping (see jobs/sweep_demo.yaml) → Sweep; every mistake is a one-line UserError."""
     if not isinstance(tree, dict):
         raise UserError("sweep", f"{source} must be a mapping", "see jobs/sweep_demo.yaml")
-    known = {"base", "overrides", "space", "search", "num_samples", "metric", "asha", "seed", "max_concurrent"}
+    known = {"base", "overrides", "space", "search", "num_samples", "metric", "asha", "seed", "max_concurrent",
+             "variants"}
     for k in tree:
         if k not in known:
             raise UserError(str(k), "unknown sweep field", f"use {', '.join(sorted(known))}")
@@ -180,18 +228,28 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
             raise UserError(f"overrides.{k}", e.problem, e.fix) from None
     cli = [f"{k}={json.dumps(v)}" for k, v in extra.items()] + list(overrides)
     base = _resolve_base(tree.get("base"), Path(source), cli)
-    space_tree = tree.get("space")
-    if not isinstance(space_tree, dict) or not space_tree:
+    variants = _parse_variants(base, tree.get("variants"))
+    space_tree = tree.get("space") or {}
+    if not isinstance(space_tree, dict) or (not space_tree and not variants):
         raise UserError("space", "no parameters to sweep", "e.g. space: {distill.lam: {loguniform: [0.02, 0.5]}}")
     space = [parse_param(base, str(k), v) for k, v in space_tree.items()]
     search = tree.get("search", "random")
     if search not in SEARCHERS:
         raise UserError("search", f"unknown searcher {search!r}",
-                        "use random or optuna (Optuna's TPE through Ray Tune's OptunaSearch)")
+                        "use random, optuna (Optuna's TPE through Ray Tune's OptunaSearch) or grid (every choice)")
+    if search == "grid":
+        for p in space:
+            if p.dist != "choice":
+                raise UserError(f"space.{p.key}", f"search: grid needs choices, got {p.dist}",
+                                "write {choice: [...]} (a grid tries every value), or use search: random")
+    if search == "optuna" and variants:
+        raise UserError("variants", "Optuna's searcher cannot cross variants with its proposals",
+                        "use search: grid or random with variants")
     metric = tree.get("metric", "select_acc")
-    if metric != "select_acc":
+    if metric not in METRICS:
         raise UserError("metric", f"unknown metric {metric!r}",
-                        "use select_acc (the student's accuracy per stage on the selection split carved from train)")
+                        "use select_acc (the student's accuracy per stage on the selection split carved from train) "
+                        "or eval_acc (the evaluation protocol on the finished set, on the selection split)")
     asha = tree.get("asha") or {}
     if not isinstance(asha, dict):
         raise UserError("asha", "expected a mapping", "e.g. asha: {grace_period: 1, reduction_factor: 2}")
@@ -209,9 +267,9 @@ def parse_sweep(tree: dict, overrides: list[str] | tuple[str, ...] = (), *, sour
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UserError("seed", f"expected an integer, got {seed!r}", "e.g. seed: 0")
     cap = _int_field(tree, "max_concurrent", 1) if tree.get("max_concurrent") is not None else None
-    return Sweep(base=base, space=space, num_samples=_int_field(tree, "num_samples", 4), search=search, metric=metric,
+    return Sweep(base=base, space=space, num_samples=_int_field(tree, "num_samples", 1 if search == "grid" or variants else 4), search=search, metric=metric,
                  grace_period=grace, reduction_factor=rf, seed=seed, source=source, base_dict=base.to_dict(),
-                 max_concurrent=cap)
+                 max_concurrent=cap, variants=variants)
 
 
 def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:

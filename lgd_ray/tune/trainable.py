@@ -27,7 +27,7 @@ import time
 
 from ..core.config import Config, from_dict
 from ..core.errors import UserError
-from .spec import Param, Sweep, config_with, decode_params
+from .spec import VARIANT, Sweep, decode_params, trial_config
 
 HEAD = {"CPU": 0.01}  # the trial's own actor: it only drives the pipeline
 EXPERIMENT = "tune"  # Tune's experiment folder inside --out
@@ -89,13 +89,18 @@ class _DistillRunner:
     def __init__(self):
         self.reports: list[tuple[int, dict]] = []
 
-    def run(self, cfg_dict: dict, out: str, cwd: str) -> dict:
+    def run(self, cfg_dict: dict, out: str, cwd: str, evaluate: bool = False) -> dict:
         from ..engine.distill import distill
 
-        cfg_dict = localize_paths(cfg_dict, cwd)
+        cfg = from_dict(localize_paths(cfg_dict, cwd))
         # one phase at a time (the trial cap counts on it): the samplers close before every training
-        return distill(from_dict(cfg_dict), out, progress=False, on_stage=lambda i, m: self.reports.append((i, m)),
-                       keep_samplers=False)
+        summary = distill(cfg, out, progress=False, on_stage=lambda i, m: self.reports.append((i, m)),
+                          keep_samplers=False)
+        if evaluate:  # the evaluation tasks start once the distill has let go of its resources
+            from ..engine.eval_tasks import evaluate_on_selection
+
+            summary["evaluation"] = evaluate_on_selection(cfg, out)
+        return summary
 
     def take(self, start: int) -> list[tuple[int, dict]]:
         return self.reports[start:]
@@ -120,31 +125,38 @@ def localize_paths(cfg_dict: dict, driver_cwd: str) -> dict:
     return out
 
 
-def _trial(config: dict, *, base: dict, space: list[Param], out_root: str, cwd: str, metric: str) -> None:
-    """One Tune trial: a full distill of the base config with this trial's params, reported per stage."""
+def _trial(config: dict, *, sweep: Sweep, out_root: str, cwd: str) -> None:
+    """One Tune trial: a full distill of the base config with this trial's variant and params, reported
+    per stage; with metric eval_acc, then the evaluation protocol on the selection split."""
     import ray
     from ray import tune
 
-    cfg = config_with(from_dict(base), decode_params(space, config))
+    cfg = trial_config(sweep, decode_params(sweep.space, config), config.get(VARIANT))
     trial_id = tune.get_context().get_trial_id()
     out = f"{out_root.rstrip('/')}/trials/{trial_id}"
     # Tune captures the trial's children into its one-bundle group; the runner is scheduled outside it
     # ("DEFAULT"), so the samplers and the Ray Train run it starts take the cluster's free resources.
     runner = ray.remote(_DistillRunner).options(num_cpus=0, max_concurrency=2, scheduling_strategy="DEFAULT").remote()
-    done = runner.run.remote(cfg.to_dict(), out, cwd)
+    final = sweep.metric == "eval_acc"
+    done = runner.run.remote(cfg.to_dict(), out, cwd, final)
     seen = 0
+    nan = float("nan")
 
     def report_new() -> None:
         nonlocal seen
         for i, m in ray.get(runner.take.remote(seen)):
-            tune.report({"stage": i + 1, metric: float(m.get("select_acc", float("nan"))),
-                         "select_loss": float(m.get("select_loss", float("nan")))})
+            tune.report({"stage": i + 1, "select_acc": float(m.get("select_acc", nan)),
+                         "select_loss": float(m.get("select_loss", nan)), **({"eval_acc": nan} if final else {})})
             seen += 1
 
     while not ray.wait([done], timeout=0.5)[0]:
         report_new()
     report_new()
-    ray.get(done)  # a failed distill fails the trial with its error
+    summary = ray.get(done)  # a failed distill fails the trial with its error
+    if final:  # one more report, after the last stage: the finished set's protocol accuracy
+        e = summary["evaluation"]
+        tune.report({"stage": cfg.distill.stages + 2, "select_acc": nan, "select_loss": nan, "eval_acc": e["acc_mean"],
+                     "eval_acc_std": e["acc_std"], "eval_accs": json.dumps(e["accs"]), "fidelity": e["fidelity"]})
 
 
 def _quiet() -> None:
@@ -166,18 +178,18 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     exp_dir = f"{out}/{EXPERIMENT}"
     spec = {"base": sweep.base_dict, "space": [[p.key, p.dist, p.values] for p in sweep.space],
             "num_samples": sweep.num_samples, "search": sweep.search, "metric": sweep.metric,
-            "asha": [sweep.grace_period, sweep.reduction_factor], "seed": sweep.seed}
+            "asha": [sweep.grace_period, sweep.reduction_factor], "seed": sweep.seed,
+            **({"variants": sweep.variants} if sweep.variants else {})}
     old = dest.read_json("sweep.json")
     if old is not None and _spec_key(old) != _spec_key(spec):
         raise UserError("out", f"{out} holds another sweep", "choose another --out")
     restored = tune.Tuner.can_restore(exp_dir)
     if not restored:  # a sweep the cluster cannot hold is refused before anything is written
-        concurrent = (min(sweep.max_concurrent, sweep.num_samples) if sweep.max_concurrent is not None
-                      else max_concurrent(sweep.base, ray.cluster_resources(), sweep.num_samples))
+        concurrent = (min(sweep.max_concurrent, sweep.trials) if sweep.max_concurrent is not None
+                      else max_concurrent(sweep.base, ray.cluster_resources(), sweep.trials))
     dest.write_text("sweep.json", json.dumps(spec, indent=1))
 
-    trainable = tune.with_parameters(_trial, base=sweep.base_dict, space=sweep.space, out_root=out, cwd=os.getcwd(),
-                                     metric=sweep.metric)
+    trainable = tune.with_parameters(_trial, sweep=sweep, out_root=out, cwd=os.getcwd())
     trainable = tune.with_resources(trainable, dict(HEAD))
     start = time.time()
     if restored:
@@ -185,11 +197,13 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     else:
         # max_t past the last report: a trial that survives the last rung ends by itself, after it has
         # sampled its final increment (at max_t ASHA would stop it right after θ_{K-1}'s report)
-        scheduler = ASHAScheduler(time_attr="stage", grace_period=sweep.grace_period,
-                                  reduction_factor=sweep.reduction_factor, max_t=sweep.stages + 1)
+        # eval_acc is known only when a trial ends: nothing to stop early on (FIFO)
+        scheduler = None if sweep.metric == "eval_acc" else ASHAScheduler(
+            time_attr="stage", grace_period=sweep.grace_period, reduction_factor=sweep.reduction_factor,
+            max_t=sweep.stages + 1)
         tuner = tune.Tuner(
             trainable,
-            param_space={p.key: p.tune_domain() for p in sweep.space},
+            param_space=param_space(sweep),
             tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", scheduler=scheduler,
                                         search_alg=search_algorithm(sweep, concurrent),
                                         num_samples=sweep.num_samples),
@@ -205,6 +219,18 @@ def run_sweep(sweep: Sweep, out: str, *, progress: bool = True) -> dict:
     return summary
 
 
+def param_space(sweep: Sweep) -> dict:
+    """Tune's param_space: each parameter's domain (every choice a grid axis under search: grid) and,
+    with variants, a grid axis over their names, crossed with the rest."""
+    from ray import tune
+
+    space = {p.key: tune.grid_search([p._encode(v) for v in p.values]) if sweep.search == "grid" else p.tune_domain()
+             for p in sweep.space}
+    if sweep.variants:
+        space[VARIANT] = tune.grid_search(list(sweep.variants))
+    return space
+
+
 def search_algorithm(sweep: Sweep, concurrent: int):
     """Random search or Optuna's TPE, each capped at `concurrent` trials in flight (Tune ignores
     TuneConfig.max_concurrent_trials once a search algorithm is given: the algorithm holds the cap)."""
@@ -215,6 +241,7 @@ def search_algorithm(sweep: Sweep, concurrent: int):
         return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    # random and grid: grid_search axes are crossed, random domains drawn, num_samples times over
     return BasicVariantGenerator(max_concurrent=concurrent, random_state=sweep.seed)
 
 

@@ -1,0 +1,147 @@
+"""The levers against adversarial guidance and the FLOP cuts: each one's math, and that "off" is exact LGD.
+
+x̂0-space gradient (no denoiser backward), expectation over shifted views, a low-pass ∇S, the validity
+gate in rank selection, candidate pruning partway through the trajectory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lgd_ray.core.config import load_config
+from lgd_ray.core.errors import UserError
+from lgd_ray.core.generator import load_generator
+from lgd_ray.core.guidance import blur, select_best, shifted_views
+from lgd_ray.core.sampler import SampleSettings, reverse_process, sample_items
+from lgd_ray.core.work import item_seed, stage_items
+
+from helpers import tiny_classifier
+
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_classifier(1), tiny_classifier(2)
+
+
+@pytest.fixture(scope="module")
+def gen():
+    g = load_generator("builtin:digits")  # a trained model keeps x̂0 in range, so S means something
+    g.set_scheduler("ddim", 8)
+    return g
+
+
+def _scores(gen, models, **kw) -> torch.Tensor:
+    student, reference = models
+    s = SampleSettings(num_steps=8, k=1, window=(0, 7), **kw)
+    return torch.tensor([x.score for x in sample_items(gen, stage_items(1, 10, 3), s, list(range(10)),
+                                                       student=student, reference=reference)])
+
+
+@pytest.mark.parametrize("lever", [{"grad_space": "x0"}, {"views": 4}, {"grad_blur": 0.7}])
+def test_each_lever_still_raises_learnability_with_the_same_seeds(gen, models, lever):
+    unguided = _scores(gen, models, lam=0.0)
+    guided = _scores(gen, models, lam=0.2, **lever)
+    assert guided.mean() > unguided.mean() + 0.05
+    assert (guided > unguided).float().mean() >= 0.8
+
+
+def test_x0_space_skips_the_denoiser_backward(gen, models):
+    """The saving issue 14 counts: no autograd through the denoiser in an x̂0-space guided step."""
+    student, reference = models
+    grad_enabled = []
+    hook = gen.denoiser.register_forward_hook(lambda m, i, o: grad_enabled.append(o[0].requires_grad))
+    for space in ("xt", "x0"):
+        sample_items(gen, stage_items(1, 10, 1)[:2], SampleSettings(num_steps=8, k=1, window=(0, 7), lam=0.2,
+                                                                    grad_space=space), list(range(10)),
+                     student=student, reference=reference)
+    hook.remove()
+    assert grad_enabled[:8] == [True] * 8 and grad_enabled[8:] == [False] * 8
+
+
+def test_blur_keeps_the_smooth_part_and_removes_pixel_patterns():
+    assert torch.equal(blur(torch.ones(1, 1, 4, 4), 0.0), torch.ones(1, 1, 4, 4))
+    torch.testing.assert_close(blur(torch.full((2, 3, 8, 8), 2.5), 1.0), torch.full((2, 3, 8, 8), 2.5))
+    i = torch.arange(8)
+    checker = ((i[:, None] + i[None, :]) % 2 * 2 - 1).float().view(1, 1, 8, 8)
+    ramp = (i[None, :].float() / 7).expand(8, 8).reshape(1, 1, 8, 8)
+    assert blur(checker, 1.0).norm() < 0.1 * checker.norm()  # the highest frequency is gone
+    assert (blur(ramp, 1.0) - ramp)[..., 2:-2].abs().max() < 1e-5  # a linear ramp passes (inside the border)
+
+
+def test_shifted_views_are_whole_pixel_shifts_seeded_per_sample():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 8, 8, requires_grad=True)
+    v = shifted_views(x, [11, 12, 13], step=4, views=5, max_shift=1)
+    assert v.shape == (15, 1, 8, 8)
+    for view in range(5):
+        for i in range(3):
+            got = v[view * 3 + i, 0]
+            # some shift (dy, dx) in [-1, 1]² with the border repeated reproduces the view exactly
+            hits = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                    if torch.equal(got, x[i, 0][(torch.arange(8) - dy).clamp(0, 7)][:, (torch.arange(8) - dx).clamp(0, 7)])]
+            assert hits
+    # sample 12's views do not depend on its batch; another step draws other shifts
+    alone = shifted_views(x[1:2], [12], step=4, views=5, max_shift=1)
+    torch.testing.assert_close(alone, v.view(5, 3, 1, 8, 8)[:, 1])
+    other = [shifted_views(x[1:2], [12], step=s, views=5, max_shift=1) for s in range(5, 10)]
+    assert any(not torch.equal(o, alone) for o in other)
+    v.sum().backward()  # a gather: every pixel's gradient counts how often it was picked
+    assert x.grad.sum() == pytest.approx(15 * 64)
+
+
+def test_the_gate_lets_only_typical_candidates_win():
+    scores = torch.tensor([[5.0, 1.0, 0.0], [2.0, 3.0, 1.0], [9.0, 8.0, 7.0]])
+    prob = torch.tensor([[0.1, 0.9, 0.6], [0.8, 0.2, 0.95], [0.1, 0.3, 0.2]])
+    assert select_best(scores, prob, gate=0.0).tolist() == [0, 1, 0]  # off: plain argmax of S
+    # slot 0: the most learnable is atypical, the next one passes; slot 2: none passes, so the most typical
+    assert select_best(scores, prob, gate=0.5).tolist() == [1, 0, 1]
+
+
+def test_the_gate_in_sampling_keeps_fidelity(gen, models):
+    student, reference = models
+    items = stage_items(1, 10, 2)
+    kept = {}
+    for gate in (0.0, 0.3):
+        s = SampleSettings(num_steps=8, k=4, window=(0, 7), lam=0.3, gate=gate)
+        kept[gate] = sample_items(gen, items, s, list(range(10)), student=student, reference=reference)
+    for a, b in zip(kept[0.0], kept[0.3]):
+        pa, pb = torch.exp(torch.tensor(-a.reference_loss)), torch.exp(torch.tensor(-b.reference_loss))
+        assert pb >= 0.3 or pb >= pa  # a winner under the gate is typical, or the most typical there was
+    assert any(a.candidate != b.candidate for a, b in zip(kept[0.0], kept[0.3]))
+
+
+def test_pruning_keeps_the_best_candidates_on_x0_and_finishes_them_unchanged(gen, models):
+    student, reference = models
+    items = stage_items(1, 10, 1)[:4]
+    full = SampleSettings(num_steps=8, k=3, window=(0, 7), lam=0.2)
+    pruned = SampleSettings(num_steps=8, k=3, window=(0, 7), lam=0.2, prune_at=4, prune_keep=1)
+    seeds = [item_seed(0, it.stage, it.label, it.slot, c) for it in items for c in range(3)]
+    labels = torch.tensor([it.label for it in items for _ in range(3)])
+    z_full, rows_full = reverse_process(gen, seeds, labels, labels, full, student, reference)
+    z_pruned, rows = reverse_process(gen, seeds, labels, labels, pruned, student, reference)
+    assert rows_full.tolist() == list(range(12)) and len(rows) == 4
+    assert [int(r) // 3 for r in rows] == [0, 1, 2, 3]  # one survivor per slot
+    # the survivors' trajectories are those of the unpruned run (samples are independent)
+    torch.testing.assert_close(z_pruned, z_full[rows], atol=1e-4, rtol=1e-4)
+    # and they are the candidates with the highest S on x̂0 at the pruning step: rerun to that step
+    early = SampleSettings(num_steps=8, k=3, window=(0, 7), lam=0.2, prune_at=4, prune_keep=2)
+    _, rows2 = reverse_process(gen, seeds, labels, labels, early, student, reference)
+    assert set(rows.tolist()) <= set(rows2.tolist())  # the best one is among the best two
+    # the final choice comes from the survivors only
+    chosen = sample_items(gen, items, pruned, list(range(10)), student=student, reference=reference)
+    assert [c.candidate for c in chosen] == [int(r) % 3 for r in rows]
+
+
+def test_levers_off_by_default_and_refused_out_of_range():
+    cfg = load_config(None)
+    assert load_config(None, ["distill.gate=0.0", "distill.views=1"]).hash() == cfg.hash()  # off = the old hash
+    assert load_config(None, ["distill.gate=0.5"]).hash() != cfg.hash()
+    for bad, field in (("distill.grad_space=latent", "distill.grad_space"), ("distill.views=0", "distill.views"),
+                       ("distill.gate=1.0", "distill.gate"), ("distill.grad_blur=-1", "distill.grad_blur"),
+                       ("distill.prune_at=25", "distill.prune_at"), ("distill.prune_keep=3", "distill.prune_keep")):
+        overrides = [bad] if "keep" not in bad else ["distill.prune_at=10", bad]
+        with pytest.raises(UserError) as e:
+            load_config(None, overrides)
+        assert e.value.field == field
+
