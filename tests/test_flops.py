@@ -70,7 +70,7 @@ def grad_of(fn, shape) -> None:
 def test_bench_writes_json_and_table(flops_dir, report, capsys):
     md = (flops_dir / "flops.md").read_text()
     assert "TFLOP per step" in md and "TFLOP per kept image" in md
-    assert {"unguided", "lgd", "lgd_x0", "lgd_prune", "lgd_x0_prune", "igd"} == set(report["rows"])
+    assert {"unguided", "lgd", "lgd_x0", "lgd_prune", "lgd_x0_prune", "lgd_taesd", "lgd_x0_taesd", "igd"} == set(report["rows"])
     for name in report["rows"]:
         assert f"| {name} |" in md
     lgd = report["rows"]["lgd"]
@@ -181,6 +181,10 @@ def test_x0_space_and_pruning_cut_what_they_say(report, models):
     assert x0["denoiser_bwd"] == 0 < lgd["denoiser_bwd"]
     assert {k: v for k, v in x0.items() if k != "denoiser_bwd"} == {k: v for k, v in lgd.items() if k != "denoiser_bwd"}
     assert rows["lgd_x0_prune"]["per_kept_image_total"] < rows["lgd_x0"]["per_kept_image_total"]
+    taesd = rows["lgd_taesd"]["step"]  # only the decoder's share changes; the final decode is the full VAE's
+    assert taesd["decoder_fwd"] != lgd["decoder_fwd"] and rows["lgd_taesd"]["final"] == rows["lgd"]["final"]
+    assert {k: v for k, v in taesd.items() if not k.startswith("decoder")} == \
+        {k: v for k, v in lgd.items() if not k.startswith("decoder")}
     m = models
     steps, window = 6, (1, 3)
     m.gen.set_scheduler("ddpm", steps)
@@ -216,10 +220,19 @@ def test_plan_uses_the_counted_ratio(flops_dir, report, capsys):
 
     f = figures_from_flops(flops_dir)  # the folder works too
     assert f.guided_ratio == report["guided_over_unguided"]
-    assert dataclasses.replace(f, guided_ratio=0, source="") == dataclasses.replace(ASSUMED_H100_DIT_XL, guided_ratio=0,
-                                                                                    source="")
+    assert dataclasses.replace(f, guided_ratio=0, x0_guided_ratio=0, source="") == dataclasses.replace(
+        ASSUMED_H100_DIT_XL, guided_ratio=0, x0_guided_ratio=0, source="")
+    x0 = report["rows"]["lgd_x0"]["step_total"] / sum(report["unguided_step"].values())
+    assert f.x0_guided_ratio == x0 < f.guided_ratio
     s = make_plan(load_config(IN1K), f).stages[1]
     assert s.sample_gpu_s == pytest.approx(10_000 * 3 * (14 + 36 * f.guided_ratio) * f.image_step_s)
+
+    # x̂0-space guidance takes its own ratio; pruning runs κ candidates to step prune_at, then prune_keep
+    cheap = make_plan(load_config(IN1K, ["distill.grad_space=x0", "distill.prune_at=38", "distill.prune_keep=1"]), f)
+    s1 = cheap.stages[1]
+    # steps 49..38 with κ = 3 (45..38 guided: 8), steps 37..0 with 1 (37..10 guided: 28)
+    assert (s1.guided_image_steps, s1.unguided_image_steps) == (3 * 8 + 28, 3 * 4 + 10)
+    assert s1.sample_gpu_s == pytest.approx(10_000 * (22 + 52 * x0) * f.image_step_s)
 
     assert main(["plan", IN1K, "--gpus", "8", "--flops", str(flops_dir / "flops.json")]) == 0
     out = capsys.readouterr().out

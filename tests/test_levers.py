@@ -145,3 +145,43 @@ def test_levers_off_by_default_and_refused_out_of_range():
             load_config(None, overrides)
         assert e.value.field == field
 
+
+
+def test_a_guidance_decoder_decodes_only_what_guidance_differentiates(tmp_path):
+    """generator.guidance_decoder: the AutoencoderTiny (hub layout, tiny random weights) decodes x̂0 in the
+    guided steps; every stored image is still decoded by the full VAE."""
+    from lgd_ray.core.generator import create_generator, load_guidance_decoder, tiny_guidance_decoder
+
+    tiny_guidance_decoder().save_pretrained(tmp_path / "taesd")
+    assert (tmp_path / "taesd" / "config.json").is_file()
+    gen = create_generator("dit-micro-vae", 10, 16, 3)
+    gen.set_scheduler("ddim", 4)
+    gen.set_guidance_decoder(load_guidance_decoder(str(tmp_path / "taesd")))
+    student, reference = (tiny_classifier(i, channels=3) for i in (1, 2))
+    calls = {"tiny": [], "full": []}
+    hooks = [gen.guidance_vae.decoder.register_forward_hook(lambda m, i, o: calls["tiny"].append(o.requires_grad)),
+             gen.vae.decoder.register_forward_hook(lambda m, i, o: calls["full"].append(o.requires_grad))]
+    s = SampleSettings(num_steps=4, k=2, window=(1, 2), lam=0.3, student_size=8)
+    out = sample_items(gen, stage_items(1, 10, 1)[:2], s, list(range(10)), student=student, reference=reference)
+    for h in hooks:
+        h.remove()
+    assert calls["tiny"] == [True, True]  # the two guided steps, with autograd
+    assert calls["full"] == [False]  # one decode of the batch's final latents, no autograd
+    with torch.no_grad():  # the stored latent is float16: its decode matches the stored image to a level or two
+        full = gen.decode(torch.from_numpy(out[0].latent.astype("float32"))[None])
+    stored = torch.from_numpy(out[0].image).float()
+    assert ((full[0] * 255).round() - stored).abs().max() <= 2
+
+
+def test_a_guidance_decoder_that_does_not_fit_is_refused(tmp_path):
+    from lgd_ray.core.generator import check_guidance_decoder, tiny_guidance_decoder
+
+    tiny_guidance_decoder().save_pretrained(tmp_path / "taesd")
+    with pytest.raises(UserError) as e:  # the digits model works in pixels: there is no VAE to replace
+        check_guidance_decoder("builtin:digits", str(tmp_path / "taesd"))
+    assert e.value.field == "generator.guidance_decoder" and "pixel-space" in e.value.problem
+    (tmp_path / "kl").mkdir()
+    (tmp_path / "kl" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(UserError, match="not an AutoencoderTiny"):
+        check_guidance_decoder("builtin:digits", str(tmp_path / "kl"))
+    assert load_config(None, ["generator.guidance_decoder=null"]).hash() == load_config(None).hash()

@@ -346,3 +346,79 @@ def test_trial_paths_resolve_without_changing_folder(tmp_path, monkeypatch):
     assert got["reference"]["path"] == "s3://bucket/ref.safetensors" and got["eval"]["teacher"] == "timm:resnet18"
     assert cfg["generator"]["path"] == "gens/g"  # the caller's dict is not changed
     assert os.getcwd() == str(here)
+
+
+# ------------------------------------------------------------------ ablations: variants, grid, eval_acc
+
+LEVERS = {"variants": {"lgd": {}, "rank-only": {"distill.lam": 0.0}, "gated": {"distill.gate": 0.5}},
+          "space": {"seed": {"choice": [0, 1]}}, "search": "grid", "metric": "eval_acc"}
+
+
+def test_variants_cross_the_grid():
+    from lgd_ray.tune.spec import trial_config
+    from lgd_ray.tune.trainable import param_space
+
+    s = parse_sweep(LEVERS)
+    assert list(s.variants) == ["lgd", "rank-only", "gated"] and s.trials == 6 and s.num_samples == 1
+    space = param_space(s)
+    assert space["variant"] == {"grid_search": ["lgd", "rank-only", "gated"]}
+    assert space["seed"] == {"grid_search": [0, 1]}
+    cfg = trial_config(s, {"seed": 1}, "gated")
+    assert (cfg.seed, cfg.distill.gate, cfg.distill.lam) == (1, 0.5, s.base.distill.lam)
+    assert trial_config(s, {"seed": 0}, "lgd").hash() == s.base.hash()  # {} is the base itself
+    assert load_sweep("jobs/sweep_levers.yaml").trials == 22  # the shipped ablation: 11 variants × 2 seeds
+
+
+@pytest.mark.parametrize("tree, field", [
+    ({**LEVERS, "variants": {"bad": {"distill.gaet": 0.5}}}, "variants.bad.distill.gaet"),
+    ({**LEVERS, "variants": {"bad": {"distill.gate": 1.5}}}, "variants.bad.distill.gate"),
+    ({**LEVERS, "variants": {"bad": {"distill.prune_at": 10, "distill.prune_keep": 3}}}, "variants.bad"),
+    ({**LEVERS, "variants": ["lgd"]}, "variants"),
+    ({**LEVERS, "space": {"distill.lam": {"uniform": [0.0, 1.0]}}}, "space.distill.lam"),  # grid needs choices
+    ({**LEVERS, "search": "optuna"}, "variants"),
+    ({**LEVERS, "metric": "test_acc"}, "metric"),
+])
+def test_bad_ablation_names_the_field(tree, field):
+    with pytest.raises(UserError) as e:
+        parse_sweep(tree)
+    assert e.value.field == field
+
+
+def test_variants_are_compared_over_generation_seeds():
+    """The table's arithmetic: mean over seeds × eval seeds, SE from core.evaluate.mean_se, z against the first."""
+    from lgd_ray.core.evaluate import mean_se
+    from lgd_ray.tune.results import group_rows
+
+    s = parse_sweep(LEVERS)
+    accs = {("lgd", 0): [0.90, 0.92], ("lgd", 1): [0.94, 0.96], ("gated", 0): [0.97, 0.97], ("gated", 1): [0.95, 0.99]}
+    rows = [{"variant": v, "params": {"seed": seed}, "evaluation": {"acc": sum(a) / 2, "accs": a, "fidelity": 0.9}}
+            for (v, seed), a in accs.items()] + [{"variant": "rank-only", "params": {"seed": 0}, "evaluation": None}]
+    groups = group_rows(rows, s)
+    assert [g["variant"] for g in groups] == ["lgd", "gated"]  # the sweep's order; unfinished trials left out
+    lgd, gated = groups
+    assert lgd["mean"] == pytest.approx(0.93) and gated["mean"] == pytest.approx(0.97)
+    # lgd: the seed means 0.91 and 0.95 differ more than the eval seeds within a seed: s_b²/G = 0.0004
+    assert lgd["se"] == pytest.approx(0.02)
+    # gated: equal seed means (0.97, 0.97), so the within-seed floor: s_w² = 0.0004, / (2 × 2)
+    assert gated["se"] == pytest.approx(0.01)
+    assert gated["z"] == pytest.approx(0.04 / (0.02 ** 2 + 0.01 ** 2) ** 0.5)
+    assert mean_se([[0.5, 0.7]]) == pytest.approx((0.6, 0.1))  # one seed: the evaluation noise alone
+
+
+@pytest.mark.slow
+def test_an_ablation_chooses_on_the_selection_split(ray_session, tiny_generator_dir, reference_file, tmp_path):
+    """End to end: two variants × two generation seeds, each trial's finished set evaluated on the
+    selection split (engine.eval_tasks.evaluate_on_selection); the grouped table and best.yaml follow from them."""
+    import yaml
+
+    tree = {**LEVERS, "variants": {"lgd": {}, "gated": {"distill.gate": 0.5}}}
+    s = parse_sweep(tree, tiny_sweep_overrides(tiny_generator_dir, reference_file) + ["eval.epochs=3", "eval.seeds=[0,1]"])
+    summary = run_sweep(s, str(tmp_path / "out"), progress=False)
+    assert summary["status"] == {"completed": 4}
+    groups = summary["groups"]
+    assert [g["variant"] for g in groups] == ["lgd", "gated"] and all(len(g["seeds"]) == 2 for g in groups)
+    md = (tmp_path / "out" / "trials.md").read_text()
+    assert "By variant, over generation seeds" in md and "| gated |" in md
+    best = max(groups, key=lambda g: g["mean"])
+    cfg = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    assert cfg["distill"]["gate"] == (0.5 if best["variant"] == "gated" else 0.0)

@@ -41,6 +41,8 @@ class Figures:
     stage_overhead_s: float  # per stage: sampler actors start, load the generator, receive θ
     train_overhead_s: float  # per training run: Ray Train starts its workers, loads the set, validates
     source: str
+    # the same ratio for distill.grad_space=x0 (no denoiser backward), where it was counted; else None
+    x0_guided_ratio: float | None = None
 
 
 # Assumptions for DiT-XL/2 (256 px, 32×32×4 latents) on one H100 SXM in bf16, stated so they can be
@@ -89,9 +91,13 @@ _ASSUMED_TIMES = Figures(  # the guided/unguided ratio is the counted one, set b
 
 
 def figures_from_flops(path: str | Path) -> Figures:
-    """The assumed figures with the guided/unguided step ratio counted in a flops.json."""
+    """The assumed figures with the guided/unguided step ratios counted in a flops.json."""
     ratio, what = counted_ratio(path)
-    return replace(_ASSUMED_TIMES, guided_ratio=ratio, source=f"{_ASSUMED_TIMES.source}; {what}")
+    p = Path(path) / "flops.json" if Path(path).is_dir() else Path(path)
+    report = json.loads(p.read_text())
+    x0 = report.get("rows", {}).get("lgd_x0")
+    x0_ratio = x0["step_total"] / sum(report["unguided_step"].values()) if x0 else None
+    return replace(_ASSUMED_TIMES, guided_ratio=ratio, x0_guided_ratio=x0_ratio, source=f"{_ASSUMED_TIMES.source}; {what}")
 
 
 ASSUMED_H100_DIT_XL = figures_from_flops(COUNTED_FLOPS)
@@ -134,13 +140,16 @@ class StagePlan:
     stage: int
     slots: int  # images kept (work items)
     candidates: int  # κ per slot (1 at stage 0)
-    guided_steps: int
+    guided_steps: int  # per candidate (before pruning, with distill.prune_at)
     unguided_steps: int
     chunks: int
     chunk_slots: int  # slots in the largest chunk
     sample_gpu_s: float
     train_images: int  # |D_stage| that θ_stage trains on after sampling; 0 after the last stage
     train_gpu_s: float
+    # image-steps per slot, all candidates (κ × steps; fewer when candidates are pruned partway)
+    guided_image_steps: float = 0.0
+    unguided_image_steps: float = 0.0
 
 
 @dataclass
@@ -230,6 +239,8 @@ def make_plan(cfg: Config, figures: Figures = ASSUMED_H100_DIT_XL) -> RunPlan:
     cfg_factor = 1.0 if uses_cfg == figures.with_cfg else (2.0 if uses_cfg else 0.5)
     window_steps = d.window[1] - d.window[0] + 1
     step_s = figures.image_step_s * cfg_factor
+    # x̂0-space guidance skips the denoiser's backward: its own counted ratio, where the figures have one
+    ratio = figures.x0_guided_ratio if d.grad_space == "x0" and figures.x0_guided_ratio else figures.guided_ratio
     train_rate = train_throughput(cfg.student.arch, cfg.data.image_size, figures)
     stages, kept = [], 0
     for stage in range(d.stages + 1):
@@ -239,11 +250,18 @@ def make_plan(cfg: Config, figures: Figures = ASSUMED_H100_DIT_XL) -> RunPlan:
         k = d.k if stage > 0 else 1
         guided = window_steps if stage > 0 and d.lam > 0 else 0
         unguided = g.num_steps - guided
-        sample = 0.0 if stage == 0 and d.seed_source else slots * k * (unguided + guided * figures.guided_ratio) * step_s
+        g_steps, u_steps = k * guided, k * unguided
+        if stage > 0 and d.prune_at >= 0 and d.prune_keep < k:  # κ to the pruning step, then prune_keep
+            win = [guided > 0 and d.window[0] <= i <= d.window[1] for i in range(g.num_steps)]
+            gb, ga = sum(win[d.prune_at:]), sum(win[:d.prune_at])
+            guided, unguided = gb, g.num_steps - d.prune_at - gb
+            g_steps = k * gb + d.prune_keep * ga
+            u_steps = k * unguided + d.prune_keep * (d.prune_at - ga)
+        sample = 0.0 if stage == 0 and d.seed_source else slots * (u_steps + g_steps * ratio) * step_s
         kept += slots
         train_images = kept if stage < d.stages else 0
         stages.append(StagePlan(stage, slots, k, guided, unguided, len(chunks), max(len(ch) for ch in chunks),
-                                sample, train_images, cfg.student.epochs * train_images / train_rate))
+                                sample, train_images, cfg.student.epochs * train_images / train_rate, g_steps, u_steps))
     real = real_train_images(cfg, c)
     reference = cfg.reference.epochs * real / train_throughput(cfg.reference.arch, cfg.data.image_size, figures,
                                                                 "reference.arch")
@@ -415,8 +433,8 @@ def plan_line(cfg: Config, run) -> str:
     plan = make_plan(c, replace(ASSUMED_H100_DIT_XL, train_images_per_s=rates))
     sampled = [s for s in plan.stages if s.sample_gpu_s > 0]  # a seed_source's stage 0 is copied, not sampled
     images = sum(s.slots for s in plan.stages)
-    image_steps = sum(s.slots * s.candidates * (s.unguided_steps + s.guided_steps) for s in sampled)
-    guided = sum(s.slots * s.candidates * s.guided_steps for s in sampled)
+    image_steps = round(sum(s.slots * (s.unguided_image_steps + s.guided_image_steps) for s in sampled))
+    guided = round(sum(s.slots * s.guided_image_steps for s in sampled))
     seed, rest = plan.stages[0], plan.stages[1:]
     seed_sampled = seed.sample_gpu_s > 0
     terms = [f"{seed.slots:,} seed images"] if seed_sampled else []

@@ -31,6 +31,8 @@ Rows (`VARIANTS`; a later option, such as a smaller guidance decoder, is one mor
   without autograd, so its backward is gone.
 - `lgd_prune`, `lgd_x0_prune`: `distill.prune_at`/`prune_keep`: the κ candidates run to the pruning
   step, each x̂0 there is decoded and scored once, and only the survivors finish.
+- `lgd_taesd`, `lgd_x0_taesd`: `generator.guidance_decoder`: an AutoencoderTiny (TAESD's layout)
+  decodes x̂0 for the gradient; the kept images are still decoded by the full VAE.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def module_roles(gen: Generator, *classifiers: torch.nn.Module) -> dict[str, str
     """Component of each module the step calls outside any other module, under the name
     FlopCounterMode's tracker gives such a module: its class name."""
     named = [("denoiser", gen.denoiser), *(("students", m) for m in classifiers)]
+    if gen.guidance_vae is not None:
+        named.append(("decoder", gen.guidance_vae.decoder))
     if gen.vae is not None:
         named += [("decoder", gen.vae.decoder)]  # AutoencoderKL.decode is a method, not a module call
         if gen.vae.post_quant_conv is not None:
@@ -359,6 +363,43 @@ def lgd_x0_row(m: Models, base: dict[str, int]) -> Row:
     return row
 
 
+def guidance_decoder_for(gen: Generator):
+    """TAESD's layout (madebyollin/taesd) for a decoder of 3 upsamplings such as sd-vae-ft-mse, else a
+    tiny AutoencoderTiny of as many upsamplings (random weights: FLOPs depend on shapes only)."""
+    from ..core.generator import taesd_layout, tiny_guidance_decoder
+
+    ups = len(gen.vae.config.block_out_channels) - 1
+    return taesd_layout() if ups == 3 else tiny_guidance_decoder(gen.in_channels, gen.image_channels, upsamplings=ups)
+
+
+def lgd_taesd_row(m: Models, base: dict[str, int]) -> Row:
+    """generator.guidance_decoder: x̂0 decoded by an AutoencoderTiny inside guided steps; the stored
+    images still by the full VAE (the final decode is unchanged)."""
+    row = lgd_row(m, base)
+    if m.gen.vae is None:
+        raise ValueError("a guidance decoder needs a latent model")
+    m.gen.set_guidance_decoder(guidance_decoder_for(m.gen))
+    try:
+        row.step = lgd_step(m)
+    finally:
+        m.gen.set_guidance_decoder(None)
+    row.name = "lgd_taesd"
+    row.what = ("generator.guidance_decoder: as lgd, x̂0 decoded for ∇S by an AutoencoderTiny (TAESD's layout at "
+                "256 px), stored images by the full VAE")
+    return row
+
+
+def lgd_x0_taesd_row(m: Models, base: dict[str, int]) -> Row:
+    row = lgd_taesd_row(m, base)
+    m.gen.set_guidance_decoder(guidance_decoder_for(m.gen))
+    try:
+        row.step = lgd_step(m, grad_space="x0")
+    finally:
+        m.gen.set_guidance_decoder(None)
+    row.name, row.what = "lgd_x0_taesd", "distill.grad_space=x0 and generator.guidance_decoder together"
+    return row
+
+
 def _pruned(m: Models, row: Row) -> Row:
     """`row` with distill.prune_at / prune_keep (the spec's): κ candidates to the pruning step, then
     prune_keep of them; scoring x̂0 there costs one decode and both students per candidate."""
@@ -390,7 +431,7 @@ def igd_row(m: Models, base: dict[str, int]) -> Row:
 
 
 VARIANTS: list[Callable[[Models, dict[str, int]], Row]] = [unguided_row, lgd_row, lgd_x0_row, lgd_prune_row,
-                                                          lgd_x0_prune_row, igd_row]
+                                                          lgd_x0_prune_row, lgd_taesd_row, lgd_x0_taesd_row, igd_row]
 
 
 def run_flops_bench(spec: FlopsSpec, out: str | None = None, variants=None, device: str | None = None) -> dict:

@@ -57,6 +57,11 @@ class GeneratorConfig:
     # auto | dit | diffusers (core/generator.py): dit = DDPM with DiT's learned-range variance and CFG on
     # ε channels :3 as DiT, IGD and Minimax sample; auto = dit for DiT checkpoints, diffusers otherwise
     convention: str = "auto"
+    # A small decoder for guidance only (issue "FLOPs"): a diffusers AutoencoderTiny folder (TAESD's
+    # layout, e.g. a download of madebyollin/taesd) that decodes x̂0 inside guided steps, while the
+    # full VAE still decodes every stored image. Off: its gradient's fidelity to the full decoder's
+    # has not been measured with real weights (README "FLOPs per kept image").
+    guidance_decoder: str | None = None
 
 
 @dataclass
@@ -186,6 +191,8 @@ class Config:
             d[section].pop(name)
         if self.generator.convention == "auto":  # the default: outputs made before this key keep their hash
             d["generator"].pop("convention")
+        if self.generator.guidance_decoder is None:
+            d["generator"].pop("guidance_decoder")
         for name, default in LEVER_DEFAULTS.items():  # off: outputs made before the levers keep their hash
             if d["distill"][name] == default:
                 d["distill"].pop(name)

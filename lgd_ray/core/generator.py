@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from diffusers import (
     AutoencoderKL,
+    AutoencoderTiny,
     DDIMScheduler,
     DDPMScheduler,
     DiTTransformer2DModel,
@@ -72,6 +73,7 @@ class Generator:
         self.latent_scale = float(vae.config.scaling_factor) if vae is not None else 1.0
         # the model's own DDPM variance (a DDIM config has none: DDPM's default), for `diffusers`
         self._own_variance = str(scheduler.config.get("variance_type") or "fixed_small")
+        self.guidance_vae: AutoencoderTiny | None = None  # decodes x̂0 inside guided steps only (set_guidance_decoder)
         self.set_convention(convention)
 
     # --- shapes and classes -------------------------------------------------------------------
@@ -103,8 +105,9 @@ class Generator:
 
     def to(self, device: str | torch.device) -> "Generator":
         self.denoiser.to(device)
-        if self.vae is not None:
-            self.vae.to(device)
+        for vae in (self.vae, self.guidance_vae):
+            if vae is not None:
+                vae.to(device)
         return self
 
     # --- the math ----------------------------------------------------------------------------
@@ -213,6 +216,24 @@ class Generator:
         x = self.vae.decode(z / self.latent_scale, return_dict=False)[0] if self.vae is not None else z
         return ((x.float() + 1) / 2).clamp(0, 1)
 
+    def set_guidance_decoder(self, vae: AutoencoderTiny | None) -> None:
+        """A small decoder (TAESD's layout) for the x̂0 that guidance differentiates through; the
+        stored images are still decoded by the full VAE. Latent models of the same latent channels only."""
+        if vae is not None and (self.vae is None or int(vae.config.latent_channels) != self.in_channels):
+            what = "a pixel-space model (no VAE to replace)" if self.vae is None else \
+                f"{self.in_channels} latent channels, the decoder takes {vae.config.latent_channels}"
+            raise UserError("generator.guidance_decoder", f"does not fit this generator: {what}",
+                            "leave generator.guidance_decoder unset, or give a decoder of this model's latents")
+        self.guidance_vae = vae.eval().requires_grad_(False).to(self.device) if vae is not None else None
+
+    def decode_for_guidance(self, z: torch.Tensor) -> torch.Tensor:
+        """Like `decode`, through the guidance decoder when one is set. A diffusers AutoencoderTiny takes
+        the diffusion-space latents over its own scaling factor (1.0 for TAESD) and returns [-1, 1]."""
+        if self.guidance_vae is None:
+            return self.decode(z)
+        x = self.guidance_vae.decode(z / float(self.guidance_vae.config.scaling_factor), return_dict=False)[0]
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> latents (pixel models: [-1, 1]); for training the tiny generators."""
         x = images * 2 - 1
@@ -292,6 +313,66 @@ def load_generator(path: str, *, device: str | torch.device = "cpu", convention:
     scheduler = DDPMScheduler.from_pretrained(root / "scheduler") if (root / "scheduler").is_dir() else DDPMScheduler()
     gen = Generator(denoiser, scheduler, read_generator_info(path), vae, convention=convention)
     return gen.to(device)
+
+
+def _decoder_root(path: str) -> Path:
+    """A guidance decoder's folder: a local one, or a hub id's snapshot (the local cache when offline)."""
+    p = Path(path).expanduser()
+    if not p.is_dir() and not (p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1):
+        try:
+            from huggingface_hub import snapshot_download
+
+            p = Path(snapshot_download(path))
+        except Exception as e:  # noqa: BLE001 -- every failure means the same thing to the user
+            raise UserError("generator.guidance_decoder", f"cannot load hub id {path!r} ({type(e).__name__})",
+                            "download it where there is network (`hf download ID`) or give a local folder") from None
+    if not (p / "config.json").is_file():
+        raise UserError("generator.guidance_decoder", f"{path!r} is not an AutoencoderTiny folder",
+                        "give a folder with config.json and the weights (e.g. a download of madebyollin/taesd)")
+    name = json.loads((p / "config.json").read_text()).get("_class_name")
+    if name != "AutoencoderTiny":
+        raise UserError("generator.guidance_decoder", f"{path!r} holds a {name}, not an AutoencoderTiny",
+                        "give a folder written by AutoencoderTiny.save_pretrained (TAESD's layout)")
+    return p
+
+
+def load_guidance_decoder(path: str) -> AutoencoderTiny:
+    """A diffusers AutoencoderTiny from a local folder (config.json + weights) or a hub id such as
+    madebyollin/taesd."""
+    return AutoencoderTiny.from_pretrained(_decoder_root(path), low_cpu_mem_usage=False)
+
+
+def check_guidance_decoder(generator_path: str, decoder_path: str) -> None:
+    """The driver's check, from the config files alone (no weights): the folder is an AutoencoderTiny's
+    and its latents are the generator's. A UserError on generator.guidance_decoder."""
+    dec = json.loads((_decoder_root(decoder_path) / "config.json").read_text())
+    vae_cfg = _resolve_root(generator_path) / "vae" / "config.json"
+    if not vae_cfg.is_file():
+        raise UserError("generator.guidance_decoder", f"{generator_path} is a pixel-space model (no vae/ to replace)",
+                        "leave generator.guidance_decoder unset for it")
+    latents = int(json.loads(vae_cfg.read_text()).get("latent_channels", 4))
+    if int(dec.get("latent_channels", 4)) != latents:
+        raise UserError("generator.guidance_decoder", f"takes {dec.get('latent_channels', 4)} latent channels, "
+                        f"the generator's VAE makes {latents}", "give a decoder of this model's latents")
+
+
+def tiny_guidance_decoder(latent_channels: int = 4, channels: int = 3, width: int = 8, seed: int = 0,
+                          upsamplings: int = 1) -> AutoencoderTiny:
+    """An AutoencoderTiny with random weights (seeded): TAESD's layout at width 64 and 3 upsamplings
+    (`taesd_layout`), smaller for the tests."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        blocks = upsamplings + 1
+        return AutoencoderTiny(in_channels=channels, out_channels=channels, latent_channels=latent_channels,
+                               encoder_block_out_channels=(width,) * blocks, decoder_block_out_channels=(width,) * blocks,
+                               num_encoder_blocks=(1,) + (1,) * upsamplings, num_decoder_blocks=(1,) * upsamplings + (1,))
+
+
+def taesd_layout(seed: int = 0) -> AutoencoderTiny:
+    """madebyollin/taesd's architecture (diffusers' AutoencoderTiny defaults), random weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderTiny()
 
 
 # --- a registry of architectures (random weights): tests, training the tiny ones, and the bench ---

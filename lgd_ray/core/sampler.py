@@ -113,7 +113,7 @@ def guided_step(gen: Generator, x: torch.Tensor, t: torch.Tensor | int, labels: 
                 eps, sigma = gen.split(gen.model_output(x_in, t, gen_labels, s.cfg_scale))
             x0 = gen.x0(x_in, t, eps)
             wrt = x_in if exact else x0.detach().requires_grad_(True)
-            img = to_student(gen.decode(x0 if exact else wrt), s.student_size)
+            img = to_student(gen.decode_for_guidance(x0 if exact else wrt), s.student_size)
             if s.views > 1:
                 img = shifted_views(img, seeds if seeds is not None else list(range(len(img))), step, s.views,
                                     max(1, s.student_size // 8))
@@ -174,7 +174,7 @@ def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_
 @torch.no_grad()
 def _prune(gen: Generator, x0: torch.Tensor, labels: torch.Tensor, s: SampleSettings, student, reference) -> torch.Tensor:
     """Rows to keep: per slot (κ consecutive rows) the prune_keep of highest S on the decoded x̂0."""
-    img = to_student(gen.decode(x0), s.student_size)
+    img = to_student(gen.decode_for_guidance(x0), s.student_size)
     score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
     top = torch.nan_to_num(score, nan=0.0).view(-1, s.k).topk(s.prune_keep, dim=1, sorted=False).indices.sort(dim=1).values
     return (top + torch.arange(top.shape[0], device=top.device)[:, None] * s.k).flatten()

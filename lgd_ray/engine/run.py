@@ -12,7 +12,7 @@ from ..core.classes import generator_class_index, resolve_classes
 from ..core.config import Config, from_dict
 from ..core.data import image_folder_classes
 from ..core.errors import UserError
-from ..core.generator import read_generator_info
+from ..core.generator import check_guidance_decoder, read_generator_info
 from .store import OutputDir
 
 
@@ -94,6 +94,8 @@ def resolve_run(cfg: Config) -> RunInfo:
     if cfg.distill.seed_source and not os.path.exists(cfg.distill.seed_source):
         raise UserError("distill.seed_source", f"{cfg.distill.seed_source!r} does not exist",
                         "give a Parquet file/folder or an image folder")
+    if cfg.generator.guidance_decoder:
+        check_guidance_decoder(cfg.generator.path, cfg.generator.guidance_decoder)
     in_channels = data_channels(cfg)
     return RunInfo(class_ids, class_map, in_channels)
 

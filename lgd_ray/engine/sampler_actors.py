@@ -19,7 +19,7 @@ import torch
 from ..core.batching import auto_batch_size, fixed_batch_fits
 from ..core.config import Config, from_dict
 from ..core.errors import UserError
-from ..core.generator import load_generator
+from ..core.generator import load_generator, load_guidance_decoder
 from ..core.sampler import SampleSettings, sample_items
 from ..core.students import build_student
 from ..core.work import WorkItem
@@ -54,6 +54,8 @@ class ChunkWorker:
         self.precision = resolve_precision(g.dtype, self.device)
         self.gen = load_generator(g.path, device=self.device, convention=g.convention)
         self.gen.set_scheduler(g.scheduler, g.num_steps)
+        if g.guidance_decoder:
+            self.gen.set_guidance_decoder(load_guidance_decoder(g.guidance_decoder))
         self.out = OutputDir(out_uri)
         self.num_classes, self.in_channels = num_classes, in_channels
         self.reference = self._model(self.cfg.reference.arch, reference_state)

@@ -106,7 +106,8 @@ class _DistillRunner:
         return self.reports[start:]
 
 
-PATH_KEYS = ("data.root", "generator.path", "reference.path", "distill.seed_source", "eval.teacher")
+PATH_KEYS = ("data.root", "generator.path", "generator.guidance_decoder", "reference.path", "distill.seed_source",
+             "eval.teacher")
 
 
 def localize_paths(cfg_dict: dict, driver_cwd: str) -> dict:
