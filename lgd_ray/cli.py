@@ -50,6 +50,23 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_photos(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .apps.photos import preview, write_photo_regions
+
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError("--out", f"{out} is not empty", "give a new or empty folder")
+    if a.size < 4:
+        raise UserError("--size", f"must be >= 4 pixels, got {a.size}", "use e.g. 32 (the demo trains at 16)")
+    s = write_photo_regions(out, size=a.size)
+    preview(out, out / "preview.png")
+    print(f"{len(s['classes'])} classes ({', '.join(s['classes'])}) of {a.size} px crops in {out}/train and {out}/val; "
+          f"preview.png. Run: lgd-ray demo data.name=imagefolder data.root={out} data.image_size=16 --out runs/photos")
+    return 0
+
+
 def _load(a: argparse.Namespace):
     from .core.config import load_config
 
@@ -408,6 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
     _out_arg(p)
     p.add_argument("--quiet", action="store_true", help="no Tune progress table")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("photos", help="a natural-image set from the two photographs scikit-learn ships: 10 classes "
+                       "of regions (sky, roof tiles, petals, ...), as an ImageNet-layout folder")
+    _out_arg(p)
+    p.add_argument("--size", type=int, default=32, help="side of the stored crops in pixels")
+    p.set_defaults(func=cmd_photos)
 
     p = sub.add_parser("train-generator", help="train a small class-conditional diffusion model on the configured data")
     p.add_argument("config", nargs="?", default=None, help="YAML config (default: the embedded digits)")
