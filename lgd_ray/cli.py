@@ -105,12 +105,33 @@ def cmd_demo(a: argparse.Namespace) -> int:
     _check_out(a)
     class_ids = resolve_classes_only(cfg)  # the data (and a soft protocol's teacher) must be there before anything starts
     teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
+    seeds = _seed_list(a.generation_seeds) if a.generation_seeds else None
     init_ray()
-    result = run_demo(cfg, a.out, overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps,
-                      generator_minutes=a.generator_minutes, teacher=teacher)
+    kw = dict(overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps,
+              generator_minutes=a.generator_minutes, teacher=teacher)
+    if seeds:
+        from .apps.demo import run_demo_seeds
+
+        result = run_demo_seeds(cfg, a.out, seeds, **kw)
+        print(result["table"])
+        print(f"\nseeds.md and results.json in {a.out}; each seed's report.md in {a.out}/seed-N")
+        return 0
+    result = run_demo(cfg, a.out, **kw)
     print(result["table"])
     print(f"\nreport.md, results.json and progression.png in {a.out}; previews in {a.out}/lgd/preview")
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError("--generation-seeds", f"expected integers separated by commas, got {text!r}",
+                        "write e.g. --generation-seeds 0,1") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise UserError("--generation-seeds", f"needs two or more different seeds, got {text!r}",
+                        "write e.g. --generation-seeds 0,1 (one seed is the plain demo)")
+    return seeds
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -334,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "time is printed before it starts)")
     p.add_argument("--generator-minutes", type=float, default=None,
                    help="stop that training at this wall-clock budget (then not reproducible: the steps done vary)")
+    p.add_argument("--generation-seeds", default=None, metavar="S,S,...",
+                   help="run the demo once per run seed (OUT/seed-N) and report mean ± standard error over the "
+                        "seeds × eval seeds, with LGD's margin over each row in standard errors (seeds.md)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("distill", help="run (or resume) LGD: seed increment, then guided stages")

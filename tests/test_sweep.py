@@ -422,3 +422,20 @@ def test_an_ablation_chooses_on_the_selection_split(ray_session, tiny_generator_
     best = max(groups, key=lambda g: g["mean"])
     cfg = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
     assert cfg["distill"]["gate"] == (0.5 if best["variant"] == "gated" else 0.0)
+
+
+def test_the_demo_over_generation_seeds_states_lgds_margin_in_standard_errors():
+    from lgd_ray.apps.demo import combine_seeds, seeds_table
+
+    def res(accs, fid):
+        return {"final_acc": accs, "ipc": 10, "reference_acc_on_set": fid}
+
+    per = {0: {"LGD": res([0.96, 0.98], 0.9), "rank": res([0.94, 0.94], 0.97)},
+           1: {"LGD": res([0.98, 1.00], 0.8), "rank": res([0.93, 0.95], 0.95)}}
+    c = combine_seeds(per, "LGD")
+    assert c["LGD"]["mean"] == pytest.approx(0.98) and c["rank"]["mean"] == pytest.approx(0.94)
+    assert c["LGD"]["se"] == pytest.approx(0.01)  # seed means 0.97, 0.99: s_b²/G = 0.0001
+    assert c["LGD"]["fidelity"] == pytest.approx(0.85)
+    assert c["rank"]["lgd_margin"] == pytest.approx(0.04)
+    assert c["rank"]["lgd_margin_z"] == pytest.approx(0.04 / (0.01 ** 2 + c["rank"]["se"] ** 2) ** 0.5)
+    assert "| rank | 10 | 94.0 ± " in seeds_table(c, 2, 2, "LGD")

@@ -116,15 +116,15 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
     d = cfg.distill
     stages = list(range(d.stages + 1))
     ipc = d.ipc_seed + d.stages * d.ipc_per_stage
-    lgd_name = f"LGD (λ={d.lam}, κ={d.k})"
+    lgd = lgd_name(cfg)
     rank_only = rank_only_name(d.k)
     uris = {UNGUIDED: join(out_uri, "unguided"), rank_only: join(out_uri, "rank-only"), LGD_K1: join(out_uri, "lgd-k1"),
-            lgd_name: join(out_uri, "lgd")}
-    log(progress, f"{lgd_name}: distilling into {uris[lgd_name]}")
-    distill(cfg, uris[lgd_name], overwrite=overwrite, progress=progress)
+            lgd: join(out_uri, "lgd")}
+    log(progress, f"{lgd}: distilling into {uris[lgd]}")
+    distill(cfg, uris[lgd], overwrite=overwrite, progress=progress)
     shared = variant(cfg)  # the other runs reuse the θ* the LGD run trained (when it trained one)
-    if not cfg.reference.path and OutputDir(uris[lgd_name]).exists("reference/model.safetensors"):
-        shared.reference.path = OutputDir(uris[lgd_name]).path("reference/model.safetensors")
+    if not cfg.reference.path and OutputDir(uris[lgd]).exists("reference/model.safetensors"):
+        shared.reference.path = OutputDir(uris[lgd]).path("reference/model.safetensors")
     runs = [(LGD_K1, variant(shared, k=1)), (UNGUIDED, variant(shared, lam=0.0, gamma=0.0, k=1))]
     if d.k > 1 and (d.lam > 0 or d.gamma > 0):  # else the LGD run is this one already
         runs.insert(0, (rank_only, variant(shared, lam=0.0, gamma=0.0)))
@@ -157,7 +157,7 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
     summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, teacher=teacher, progress=progress,
                                                  gpus_per_task=gpus)[FULL]
 
-    reference = _reference(cfg, uris[lgd_name], run)
+    reference = _reference(cfg, uris[lgd], run)
     last = stages[-1]
     results, curves = {}, {}
     for name in [RANDOM, *generated, FULL]:
@@ -185,6 +185,67 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
                                                 "progression": curves, "outputs": uris}, indent=1))
     demo.write_text("report.md", _report(cfg, table, results, uris, full_epochs))
     return {"table": table, "results": results}
+
+
+def lgd_name(cfg: Config) -> str:
+    return f"LGD (λ={cfg.distill.lam}, κ={cfg.distill.k})"
+
+
+def run_demo_seeds(cfg: Config, out_uri: str, seeds: list[int], **kw) -> dict:
+    """The demo once per generation seed (`seed` = the run seed every image's seed derives from; random
+    real's subset and θ* follow it too), into OUT/seed-N, then one table over all of them in
+    OUT/seeds.md and OUT/results.json: each method's mean over seeds × eval seeds with its standard error
+    (core.evaluate.mean_se) and LGD's margin over it in standard errors of the difference."""
+    per = {}
+    for seed in seeds:
+        c = copy.deepcopy(cfg)
+        c.seed = seed
+        log(kw.get("progress", True), f"generation seed {seed}: demo into {join(out_uri, f'seed-{seed}')}")
+        per[seed] = run_demo(c, join(out_uri, f"seed-{seed}"), **kw)["results"]
+    combined = combine_seeds(per, lgd_name(cfg))
+    table = seeds_table(combined, len(seeds), len(cfg.eval.seeds), lgd_name(cfg))
+    demo = OutputDir(out_uri)
+    demo.write_text("results.json", json.dumps({"generation_seeds": seeds, "eval_seeds": cfg.eval.seeds,
+                                                "results": combined, "outputs": {s: join(out_uri, f"seed-{s}") for s in seeds}},
+                                               indent=1))
+    demo.write_text("seeds.md", f"# lgd-ray demo over generation seeds {seeds}\n\nTest split, final accuracy; "
+                    "SE² = max(s_b²/G, s_w²/(G·E)) over G generation seeds × E evaluation seeds (s_b²: variance of the "
+                    "per-seed means; s_w²: pooled within-seed variance); z = margin / √(SE_LGD² + SE²).\n\n"
+                    + table + "\n")
+    return {"table": table, "results": combined, "per_seed": per}
+
+
+def combine_seeds(per: dict[int, dict[str, dict]], lgd: str) -> dict[str, dict]:
+    """Per method over the seeds' results: mean ± SE of the final accuracy over seeds × eval seeds,
+    mean fidelity and cross-increment accuracy, and LGD's margin over the method with its z."""
+    from ..core.evaluate import mean_se
+
+    seeds = list(per)
+    combined = {}
+    for name in per[seeds[0]]:
+        rs = [per[seed][name] for seed in seeds]
+        mean, se = mean_se([r["final_acc"] for r in rs])
+        fid = [r["reference_acc_on_set"] for r in rs if r.get("reference_acc_on_set") is not None]
+        cross = [r["cross_increment_acc"] for r in rs if "cross_increment_acc" in r]
+        combined[name] = {"mean": mean, "se": se, "final_acc": [r["final_acc"] for r in rs], "ipc": rs[0]["ipc"],
+                          "fidelity": sum(fid) / len(fid) if fid else None,
+                          "cross_increment_acc": sum(cross) / len(cross) if cross else None}
+    ref = combined[lgd]
+    for r in combined.values():
+        se = (r["se"] ** 2 + ref["se"] ** 2) ** 0.5
+        r["lgd_margin"], r["lgd_margin_z"] = ref["mean"] - r["mean"], (ref["mean"] - r["mean"]) / se if se > 0 else None
+    return combined
+
+
+def seeds_table(combined: dict[str, dict], g: int, e: int, lgd: str) -> str:
+    lines = [f"| method | IPC | final acc % (± SE, {g} × {e} seeds) | LGD's margin (z) | θ* acc on set % | cross-increment acc % |",
+             "|---|---|---|---|---|---|"]
+    for name, r in combined.items():
+        margin = "–" if name == lgd or r["lgd_margin_z"] is None else f"{100 * r['lgd_margin']:+.1f} ({r['lgd_margin_z']:+.1f})"
+        fid = "–" if r["fidelity"] is None else f"{100 * r['fidelity']:.1f}"
+        cross = "–" if r["cross_increment_acc"] is None else f"{100 * r['cross_increment_acc']:.1f}"
+        lines.append(f"| {name} | {r['ipc']} | {100 * r['mean']:.1f} ± {100 * r['se']:.1f} | {margin} | {fid} | {cross} |")
+    return "\n".join(lines)
 
 
 def _first_per_class(order: list[int], labels, n: int) -> list[int]:

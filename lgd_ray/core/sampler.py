@@ -176,7 +176,8 @@ def _prune(gen: Generator, x0: torch.Tensor, labels: torch.Tensor, s: SampleSett
     """Rows to keep: per slot (κ consecutive rows) the prune_keep of highest S on the decoded x̂0."""
     img = to_student(gen.decode_for_guidance(x0), s.student_size)
     score, _, _ = learnability_score(student(img), reference(img), labels, s.omega)
-    top = torch.nan_to_num(score, nan=0.0).view(-1, s.k).topk(s.prune_keep, dim=1, sorted=False).indices.sort(dim=1).values
+    order = torch.sort(torch.nan_to_num(score, nan=0.0).view(-1, s.k), dim=1, descending=True, stable=True).indices
+    top = order[:, :s.prune_keep].sort(dim=1).values  # stable: the first candidate wins a tie
     return (top + torch.arange(top.shape[0], device=top.device)[:, None] * s.k).flatten()
 
 
