@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", action="store_true", help="only the activation bytes of a guided step per component, "
                    "fp32/bf16, with/without VAE checkpointing (any device); memory.json + memory.md in --out")
     p.add_argument("--flops", action="store_true", help="only the counted FLOPs per step and per kept image, by "
-                   "component, unguided vs LGD vs IGD-style (any device); flops.json + flops.md in --out")
+                   "component: unguided, exact LGD, its FLOP cuts (x̂0-space gradient, candidate pruning, a tiny "
+                   "guidance decoder) and IGD-style (any device); flops.json + flops.md in --out")
     p.add_argument("--data", action="store_true", help="only a Train worker's peak RSS and images/s reading a generated "
                    "JPEG folder and Parquet parts at N and 4N images, streamed vs in memory; data.json + data.md in --out")
     p.add_argument("--n", type=int, default=400, help="--data: images of the small case (the large one has 4N)")
