@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -164,6 +164,15 @@ class Models:
     student: torch.nn.Module
     reference: torch.nn.Module
     spec: FlopsSpec
+    counted: dict = field(default_factory=dict)  # a count made once serves every row (see memo)
+
+    def memo(self, key: tuple, fn: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """fn()'s count, counted once per key (and guidance decoder): the rows share steps, and a DiT-XL/2
+        step takes minutes to count on a CPU."""
+        key = (*key, type(self.gen.guidance_vae).__name__)
+        if key not in self.counted:
+            self.counted[key] = fn()
+        return dict(self.counted[key])
 
     @property
     def roles(self) -> dict[str, str]:
@@ -212,6 +221,10 @@ def lgd_step(m: Models, **levers) -> dict[str, int]:
     """PARTS of one LGD guided step: `denoise` over one guided step (guided_step inside), with the
     forward told apart by `guided_step(backward=False)` on the same input. `levers`: SampleSettings
     fields such as grad_space="x0"."""
+    return m.memo(("lgd_step", *sorted(levers.items())), lambda: _lgd_step(m, levers))
+
+
+def _lgd_step(m: Models, levers: dict) -> dict[str, int]:
     s = m.settings(window=(0, 0), **levers)
     whole = count(lambda: one_step(m, s, m.student, m.reference), m.roles)
     x, labels = m.inputs()
@@ -224,8 +237,12 @@ def lgd_step(m: Models, **levers) -> dict[str, int]:
 def final_decode(m: Models) -> dict[str, int]:
     """PARTS of what each candidate costs after its last step: the decode `sample_items` stores."""
     z, _ = m.inputs()
-    with torch.no_grad():
-        return forward_only(count(lambda: quantize(m.gen.decode(z)), m.roles))
+
+    def counted() -> dict[str, int]:
+        with torch.no_grad():
+            return forward_only(count(lambda: quantize(m.gen.decode(z)), m.roles))
+
+    return m.memo(("final_decode",), counted)
 
 
 def final_score(m: Models) -> dict[str, int]:
