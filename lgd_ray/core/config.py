@@ -113,7 +113,9 @@ class DistillConfig:
     grad_space: str = "xt"
     views: int = 1  # S averaged over this many randomly shifted views of the decoded image (EOT)
     grad_blur: float = 0.0  # σ in latent pixels of a Gaussian low-pass of ∇S; 0 = none
-    gate: float = 0.0  # validity gate: a candidate to which θ* gives p(label) < gate cannot be kept
+    # validity gate: a candidate to which θ* gives p(label) < gate cannot be kept. On by default: on the
+    # digits it lifted selection-split accuracy and kept θ*'s fidelity (README "What guidance adds")
+    gate: float = 0.5
     # candidate pruning: at step index prune_at (0 = cleanest; -1 = off) each slot keeps its prune_keep
     # candidates of highest S on x̂0 and only they finish; rank selection on the final images decides
     prune_at: int = -1
@@ -193,8 +195,8 @@ class Config:
             d["generator"].pop("convention")
         if self.generator.guidance_decoder is None:
             d["generator"].pop("guidance_decoder")
-        for name, default in LEVER_DEFAULTS.items():  # off: outputs made before the levers keep their hash
-            if d["distill"][name] == default:
+        for name, off in LEVERS_OFF.items():  # off: outputs made before the levers keep their hash
+            if d["distill"][name] == off:
                 d["distill"].pop(name)
         if self.eval.protocol == "hard":  # unused then; and outputs made before these keys keep their hash
             for name in SOFT_LABEL_KEYS:
@@ -210,7 +212,7 @@ EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler"
                   "ray.train_failures", "ray.checkpoint_every",  # retries and checkpoints change no byte
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
-LEVER_DEFAULTS = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1}
+LEVERS_OFF = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1}
 GRAD_SPACES = ("xt", "x0")
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
