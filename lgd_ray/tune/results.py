@@ -36,8 +36,8 @@ def collect(grid, sweep: Sweep, out: str) -> list[dict]:
             status = "error"
         elif OutputDir(f"{out.rstrip('/')}/trials/{tid}").manifest(sweep.stages) is not None:
             status = "completed"
-        elif status_raw == "TERMINATED":
-            status = "early-stopped"
+        elif status_raw == "TERMINATED":  # stopped by ASHA; with eval_acc (no scheduler) only by an interrupt
+            status = "interrupted" if sweep.metric == "eval_acc" else "early-stopped"
         else:
             status = status_raw.lower()
         params = {p.key: p.decode((res.config or {}).get(p.key)) for p in sweep.space}  # None: trial died early
