@@ -236,3 +236,9 @@ def test_samplers_live_across_stages_when_the_cluster_holds_training_beside_them
     laptop = load_config(None, ["ray.samplers=2"])
     assert not samplers_fit_beside_training(laptop, {"CPU": 2.0})
     assert samplers_fit_beside_training(load_config(None, ["ray.samplers=1"]), {"CPU": 2.0})
+    # what is free decides at each stage: a cluster whose other jobs hold CPUs cannot also train
+    from lgd_ray.engine.distill import training_fits
+
+    one = load_config(None, ["ray.samplers=1"])
+    assert training_fits(one, {"CPU": 1.0}) and not training_fits(one, {"CPU": 0.98})  # 2 sweep heads hold 0.02
+    assert not training_fits(paper, {"CPU": 700.0, "GPU": 7.0}) and training_fits(paper, {"CPU": 700.0, "GPU": 8.0})

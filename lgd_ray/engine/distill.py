@@ -253,6 +253,21 @@ def samplers_fit_beside_training(cfg: Config, cluster: dict[str, float]) -> bool
     return need_cpu <= cluster.get("CPU", 0.0) + 1e-9 and need_gpu <= cluster.get("GPU", 0.0) + 1e-9
 
 
+def _available() -> dict[str, float]:
+    import ray
+
+    return ray.available_resources()
+
+
+def training_fits(cfg: Config, available: dict[str, float]) -> bool:
+    """Whether the Ray Train workers fit into what is free now, with the sampler actors alive. On a
+    cluster shared with other jobs (a sweep's trials, another run) the totals can hold both while the
+    free resources cannot: keeping the actors then would leave the student waiting forever."""
+    r = cfg.ray
+    return (r.train_workers * r.cpus_per_train_worker <= available.get("CPU", 0.0) + 1e-9
+            and r.train_workers * r.gpus_per_train_worker <= available.get("GPU", 0.0) + 1e-9)
+
+
 def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bool = True,
             on_stage: Callable[[int, dict], None] | None = None, keep_samplers: bool | None = None) -> dict:
     """Run (or resume) LGD into `out_uri`; returns a summary. Assumes Ray is initialised.
@@ -287,7 +302,7 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
             else:
                 log(progress, f"{stage_name(stage)}: complete, kept")
             if guided and stage < cfg.distill.stages:
-                if not keep_samplers:
+                if not keep_samplers or not training_fits(cfg, _available()):
                     pool.close()  # its CPUs/GPUs go to Ray Train while the student trains
                 student = train_stage_student(cfg, out, run, stage, student, progress)
                 if on_stage is not None:  # this stage's metrics.jsonl record (the latest one)
