@@ -107,8 +107,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
     seeds = _seed_list(a.generation_seeds) if a.generation_seeds else None
     init_ray()
-    kw = dict(overwrite=a.overwrite, progress=not a.quiet, generator_steps=a.generator_steps,
-              generator_minutes=a.generator_minutes, teacher=teacher)
+    kw = {"overwrite": a.overwrite, "progress": not a.quiet, "generator_steps": a.generator_steps,
+          "generator_minutes": a.generator_minutes, "teacher": teacher}
     if seeds:
         from .apps.demo import run_demo_seeds
 

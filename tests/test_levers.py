@@ -151,7 +151,11 @@ def test_levers_off_keep_the_old_hash_and_are_refused_out_of_range():
 def test_a_guidance_decoder_decodes_only_what_guidance_differentiates(tmp_path):
     """generator.guidance_decoder: the AutoencoderTiny (hub layout, tiny random weights) decodes x̂0 in the
     guided steps; every stored image is still decoded by the full VAE."""
-    from lgd_ray.core.generator import create_generator, load_guidance_decoder, tiny_guidance_decoder
+    from lgd_ray.core.generator import (
+        create_generator,
+        load_guidance_decoder,
+        tiny_guidance_decoder,
+    )
 
     tiny_guidance_decoder().save_pretrained(tmp_path / "taesd")
     assert (tmp_path / "taesd" / "config.json").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from typing import Any
 
@@ -29,7 +30,7 @@ def collect(grid, sweep: Sweep, out: str) -> list[dict]:
         accs: dict[int, float] = {}
         if df is not None and "stage" in df:
             for s, a in zip(df["stage"], df["select_acc"]):
-                if s <= sweep.stages and a == a:  # NaN: the eval_acc report after the last stage
+                if s <= sweep.stages and not math.isnan(a):  # NaN: the eval_acc report after the last stage
                     accs[int(s)] = float(a)
         status_raw = trial.status if trial is not None else "UNKNOWN"
         if res.error is not None or status_raw == "ERROR":
@@ -163,8 +164,8 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
         cfg = trial_config(sweep, params, best_group["variant"])
         md += ["", f"Best: {best_group['variant'] or ''} {params}, eval acc {100 * best_group['mean']:.1f} ± "
                f"{100 * best_group['se']:.1f}% on the selection split; config in best.yaml."]
-        dest.write_text("best.yaml", f"# best variant of `lgd-ray tune` by eval_acc on the selection split; "
-                                     f"run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
+        dest.write_text("best.yaml", "# best variant of `lgd-ray tune` by eval_acc on the selection split; "
+                                     "run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
     elif best is not None:
         md += ["", f"Best: {best['trial_id']} ({', '.join(f'{k}={_fmt(v)}' for k, v in best['params'].items())}), "
                f"selection-split accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
