@@ -260,18 +260,27 @@ def _resolve_root(path: str) -> Path:
             raise UserError("generator.path", f"no built-in generator {path!r}",
                             "run `lgd-ray train-generator --out DIR` and set generator.path=DIR")
         return root
+    root = _local_or_hub(path, "generator.path")
+    if root is None:
+        raise UserError("generator.path", f"{path!r} is not a generator directory",
+                        "give a diffusers directory (transformer/ or unet/, scheduler/) or a hub id")
+    return root
+
+
+def _local_or_hub(path: str, field: str) -> Path | None:
+    """A local folder, or a hub id's snapshot (the local cache when offline, a download where the
+    network allows); None for a path that is neither a folder nor shaped like an `owner/name` id."""
     p = Path(path).expanduser()
     if p.is_dir():
         return p
     if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise UserError("generator.path", f"{path!r} is not a generator directory",
-                        "give a diffusers directory (transformer/ or unet/, scheduler/) or a hub id")
-    try:  # a hub id: the local cache when offline, a download where the network allows
+        return None
+    try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(path))
     except Exception as e:  # noqa: BLE001 -- every failure means the same thing to the user
-        raise UserError("generator.path", f"cannot load hub id {path!r} ({type(e).__name__})",
+        raise UserError(field, f"cannot load hub id {path!r} ({type(e).__name__})",
                         "download it where there is network (`hf download ID`) or give a local directory") from None
 
 
@@ -317,16 +326,8 @@ def load_generator(path: str, *, device: str | torch.device = "cpu", convention:
 
 def _decoder_root(path: str) -> Path:
     """A guidance decoder's folder: a local one, or a hub id's snapshot (the local cache when offline)."""
-    p = Path(path).expanduser()
-    if not p.is_dir() and not (p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1):
-        try:
-            from huggingface_hub import snapshot_download
-
-            p = Path(snapshot_download(path))
-        except Exception as e:  # noqa: BLE001 -- every failure means the same thing to the user
-            raise UserError("generator.guidance_decoder", f"cannot load hub id {path!r} ({type(e).__name__})",
-                            "download it where there is network (`hf download ID`) or give a local folder") from None
-    if not (p / "config.json").is_file():
+    p = _local_or_hub(path, "generator.guidance_decoder")
+    if p is None or not (p / "config.json").is_file():
         raise UserError("generator.guidance_decoder", f"{path!r} is not an AutoencoderTiny folder",
                         "give a folder with config.json and the weights (e.g. a download of madebyollin/taesd)")
     name = json.loads((p / "config.json").read_text()).get("_class_name")
