@@ -38,12 +38,15 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
     class_ids = resolve_classes_only(cfg)
     data = load_split(cfg.data, cfg.data.train_split, class_ids)
     data = materialize(data, progress=True)
-    s = GeneratorTrainSettings(arch=a.arch, steps=a.steps, batch_size=a.batch_size, lr=a.lr, max_minutes=a.max_minutes, seed=cfg.seed)
+    flip = cfg.data.name != "digits" if a.flip is None else a.flip  # natural-image folders flip; digits never
+    s = GeneratorTrainSettings(arch=a.arch, steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema=a.ema, flip=flip,
+                               max_minutes=a.max_minutes, seed=cfg.seed)
     meta = {"data": {"name": cfg.data.name, "root": cfg.data.root, "images": len(data),
                      "sha256": digits_hash() if cfg.data.name == "digits" else None}}
     import torch
 
-    gen = train_generator(data, s, device="cuda" if torch.cuda.is_available() else "cpu", extra_meta=meta)
+    gen = train_generator(data, s, device="cuda" if torch.cuda.is_available() else "cpu", extra_meta=meta,
+                          last_iterate_path=a.last_iterate)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     gen.save_pretrained(a.out)
     print(f"generator saved to {a.out} ({gen.info.extra['train']['steps_done']} steps)")
@@ -465,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the saved EMA weights (0: save the last iterate)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random left-right flips (default: on for an image folder, off for the digits)")
+    p.add_argument("--last-iterate", default=None, metavar="DIR",
+                   help="also save the last iterate (what --ema 0 saves) to DIR, to measure what the EMA adds")
     p.add_argument("--max-minutes", type=float, default=None, help="stop at this wall-clock budget")
     p.set_defaults(func=cmd_train_generator)
     return parser

@@ -88,7 +88,8 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minu
         class_ids = resolve_classes_only(cfg)
         data = materialize(load_part(cfg.data, "train", class_ids), progress=progress)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes)
+        # a user's folder holds natural images: flipped left-right in training, as the field's generators are
+        settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes, flip=True)
         per_step = generator_step_seconds(data, settings, device)
         total = steps * per_step if minutes is None else min(steps * per_step, 60 * minutes)
         budget = "" if minutes is None or 60 * minutes >= steps * per_step else \

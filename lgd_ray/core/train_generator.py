@@ -2,10 +2,16 @@
 
 Standard DDPM ε-prediction MSE with 10% label dropout to the null class, so the same model serves
 classifier-free guidance. Latent models (with a VAE) train in the VAE's latent space.
+
+Two parts of the field's recipe (DDPM, ADM, DiT) that a from-scratch model on a user's folder needs:
+- the saved weights are an exponential moving average of the trained ones (`ema`), which samples
+  better than the last iterate at any length of training;
+- natural images are flipped left-right at random (`flip`); digits and text must not be.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,18 +30,25 @@ class GeneratorTrainSettings:
     batch_size: int = 128
     lr: float = 2e-3
     label_dropout: float = 0.1
+    ema: float = 0.999  # decay of the saved EMA weights; 0 saves the last iterate
+    flip: bool = False  # random left-right flips (natural images only)
     max_minutes: float | None = None  # stop early at a wall-clock budget (CPU laptops)
     seed: int = 0
 
 
 def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = "cpu", progress: bool = True,
-                    extra_meta: dict | None = None) -> Generator:
+                    extra_meta: dict | None = None, last_iterate_path: str | None = None) -> Generator:
+    """The trained generator (its EMA weights when `s.ema` > 0). `last_iterate_path`: also save the last
+    iterate there, as DiT's checkpoints keep both, so one run measures what the EMA adds."""
     gen = create_generator(s.arch, data.num_classes, data.image_size, data.in_channels,
                            class_ids=list(data.class_ids), seed=s.seed).to(device)
     model = gen.denoiser.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     if s.steps < 3:
         raise UserError("train-generator --steps", f"must be >= 3, got {s.steps}", "train for more steps")
+    if not 0.0 <= s.ema < 1.0:
+        raise UserError("train-generator --ema", f"must be in [0, 1), got {s.ema}", "give e.g. --ema 0.999, or 0 for none")
+    ema = copy.deepcopy(model).requires_grad_(False) if s.ema > 0 else None
     # 5% warm-up, but at least two steps (OneCycle divides by the warm-up length)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=max(0.05, 2 / s.steps))
     g = torch.Generator().manual_seed(s.seed)
@@ -51,8 +64,12 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
     start, done = time.time(), 0
     for step in steps:
         idx = torch.randint(0, len(images), (s.batch_size,), generator=g).to(device)
+        batch = images[idx]
+        if s.flip:
+            flip = torch.rand(s.batch_size, generator=g).to(device) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
         with torch.no_grad():
-            x0 = gen.encode(images[idx])
+            x0 = gen.encode(batch)
         y = labels[idx].clone()
         drop = torch.rand(s.batch_size, generator=g).to(device) < s.label_dropout
         y[drop] = gen.null_class
@@ -67,6 +84,8 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            update_ema(ema, model, min(s.ema, (1 + step) / (10 + step)))
         done = step + 1
         if bar is not None and step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -77,4 +96,21 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
     gen.denoiser.eval().requires_grad_(False)
     gen.info.extra.update({"train": {**asdict(s), "steps_done": done, "seconds": round(time.time() - start, 1)},
                            **(extra_meta or {})})
+    if last_iterate_path is not None:
+        last = copy.deepcopy(gen)
+        last.info.extra["train"]["saved"] = "last iterate"
+        last.save_pretrained(last_iterate_path)
+    if ema is not None:
+        gen.denoiser = ema.eval()
     return gen
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model, parameters and float buffers alike. The caller warms the decay
+    up as (1 + n)/(10 + n) so the first steps are not pinned to the random initial weights."""
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+        if e.dtype.is_floating_point:
+            e.lerp_(m, 1.0 - decay)
+        else:
+            e.copy_(m)
