@@ -145,7 +145,10 @@ class EvalConfig(TrainingConfig):
 @dataclass
 class RayConfig:
     samplers: int = 2  # sampler actors
-    cpus_per_sampler: float = 1.0
+    # a sampler on CPU runs max(1, int(cpus)) torch threads; half a CPU each lets 2 samplers and a Train
+    # worker fit 2 CPUs, so the actors live across stages instead of reloading at each (they idle while
+    # the student trains, and no student trains while they sample)
+    cpus_per_sampler: float = 0.5
     gpus_per_sampler: float = 0.0  # fractional allowed; 0 on CPU
     train_workers: int = 1  # Ray Train workers per stage (DDP)
     gpus_per_train_worker: float = 0.0
