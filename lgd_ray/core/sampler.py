@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generator import Generator
 from .guidance import (
     blur,
     deviation_grad,
@@ -26,6 +26,9 @@ from .guidance import (
     shifted_views,
 )
 from .work import WorkItem, item_seed
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; a Train worker needs none of it
+    from .generator import Generator
 
 
 @dataclass

@@ -12,7 +12,6 @@ from ..core.classes import generator_class_index, resolve_classes
 from ..core.config import Config, from_dict
 from ..core.data import image_folder_classes
 from ..core.errors import UserError
-from ..core.generator import check_guidance_decoder, read_generator_info
 from .store import OutputDir
 
 
@@ -78,6 +77,8 @@ def resolve_classes_only(cfg: Config) -> list[str]:
 def resolve_run(cfg: Config) -> RunInfo:
     """Check the config against the data and the generator; every mismatch is a one-line UserError."""
     class_ids = resolve_classes_only(cfg)
+    from ..core.generator import check_guidance_decoder, read_generator_info  # diffusers: not in Train workers
+
     info = read_generator_info(cfg.generator.path)
     if cfg.generator.class_map is not None:
         class_map = list(cfg.generator.class_map)
