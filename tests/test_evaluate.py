@@ -76,3 +76,15 @@ def test_unknown_eval_arch_names_eval_field():
         evaluate_seed(quadrant_set(1, 0), quadrant_set(1, 1), EvalConfig(arch="nope"), 0, **SHAPE)
     assert e.value.field == "eval.arch"
 
+
+
+def test_evaluate_sets_gives_some_sets_fewer_seeds_with_the_same_results(ray_session):
+    """The demo's accuracy curve evaluates its earlier points on the first 2 seeds: those runs are the
+    very runs the full protocol would make for those seeds (each seed's task is a pure function)."""
+    from lgd_ray.engine.eval_tasks import evaluate_sets
+
+    e = EvalConfig(arch="convnet2-w8", epochs=3, seeds=[0, 1, 2], batch_size=16)
+    train, val = quadrant_set(6, seed=0), quadrant_set(4, seed=1)
+    out = evaluate_sets({"all": train, "curve": train}, val, e, progress=False, seeds_of={"curve": [0, 1]})
+    assert out["all"]["seeds"] == [0, 1, 2] and out["curve"]["seeds"] == [0, 1]
+    assert out["curve"]["final_acc"] == out["all"]["final_acc"][:2]

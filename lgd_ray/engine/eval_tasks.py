@@ -89,10 +89,11 @@ def _seed_task(train_set: ImageSet, val_set: ImageSet, settings: EvalConfig, see
 
 
 def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *, teacher: torch.nn.Module | None = None,
-                  progress: bool = True, gpus_per_task: float = 0.0) -> dict[str, dict]:
+                  progress: bool = True, gpus_per_task: float = 0.0,
+                  seeds_of: dict[str, list[int]] | None = None) -> dict[str, dict]:
     """Train-from-scratch evaluation of every set over every seed, in parallel; summaries by set name.
     The soft protocol's teacher is loaded here unless given (`load_teacher`). `gpus_per_task`: what each
-    seed's task asks Ray for (the config's `ray.task_gpus()`)."""
+    seed's task asks Ray for (the config's `ray.task_gpus()`). `seeds_of`: other seeds for some sets."""
     if teacher is None:
         teacher = load_teacher(e, val_set.class_ids, val_set.image_size, val_set.in_channels)
     val_ref, teacher_ref = ray.put(val_set), ray.put(teacher)
@@ -100,7 +101,7 @@ def evaluate_sets(sets: dict[str, ImageSet], val_set: ImageSet, e: EvalConfig, *
     refs = {}
     for name, s in sets.items():
         set_ref = ray.put(s.resized(val_set.image_size))
-        for seed in e.seeds:
+        for seed in (seeds_of or {}).get(name, e.seeds):
             refs[task.remote(set_ref, val_ref, e, seed, val_set.num_classes, teacher_ref)] = (name, seed)
     per: dict[str, list[dict]] = {name: [] for name in sets}
     for (name, _), result in wait_all(refs, progress, "evaluate").items():
