@@ -177,19 +177,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_train_reference(a: argparse.Namespace) -> int:
-    from .engine.run import init_ray, resolve_run
+    from .engine.run import data_channels, init_ray, resolve_classes_only
     from .engine.store import OutputDir
     from .engine.train_job import train_with_ray, write_classifier
 
     cfg = _load(a)
     _check_out(a)
-    run = resolve_run(cfg)
+    # θ* is trained on the data alone: the generator (often not trained yet on a new folder) plays no part
+    class_ids, in_channels = resolve_classes_only(cfg), data_channels(cfg)
     init_ray()
     out = OutputDir(a.out)
-    state, metrics = train_with_ray(cfg, out, role="reference", name="reference", class_ids=run.class_ids,
-                                    in_channels=run.in_channels, stages=None, init=None, seed=cfg.seed)
-    write_classifier(out, state, arch=cfg.reference.arch, class_ids=run.class_ids, image_size=cfg.data.image_size,
-                     in_channels=run.in_channels, metrics=metrics)
+    state, metrics = train_with_ray(cfg, out, role="reference", name="reference", class_ids=class_ids,
+                                    in_channels=in_channels, stages=None, init=None, seed=cfg.seed)
+    write_classifier(out, state, arch=cfg.reference.arch, class_ids=class_ids, image_size=cfg.data.image_size,
+                     in_channels=in_channels, metrics=metrics)
     print(f"reference saved to {out.path('model.safetensors')}: selection-split acc {metrics.get('select_acc', float('nan')):.3f}")
     return 0
 
