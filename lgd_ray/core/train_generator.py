@@ -4,8 +4,8 @@ Standard DDPM ε-prediction MSE with 10% label dropout to the null class, so the
 classifier-free guidance. Latent models (with a VAE) train in the VAE's latent space.
 
 Two parts of the field's recipe (DDPM, ADM, DiT) that a from-scratch model on a user's folder needs:
-- the saved weights are an exponential moving average of the trained ones (`ema`), which samples
-  better than the last iterate at any length of training;
+- the saved weights are an exponential moving average of the trained ones (`ema`), what those
+  papers sample from (README "A generator for your folder" measures it against the last iterate);
 - natural images are flipped left-right at random (`flip`); digits and text must not be.
 """
 
