@@ -406,6 +406,21 @@ def test_variants_are_compared_over_generation_seeds():
     assert mean_se([[0.5, 0.7]]) == pytest.approx((0.6, 0.1))  # one seed: the evaluation noise alone
 
 
+def test_an_ablation_of_unguided_trials_has_a_best_variant(tmp_path):
+    """Unguided trials train no student, so they report no stage accuracy; the sweep still has a best
+    variant (by eval acc) and is not taken for one whose every trial failed."""
+    from lgd_ray.tune.results import write_results
+
+    s = parse_sweep({**LEVERS, "variants": {"a": {"distill.lam": 0.0, "distill.k": 1}, "b": {"distill.lam": 0.0, "distill.k": 1, "generator.cfg_scale": 2.0}}})
+    rows = [{"trial_id": f"t{i}", "variant": v, "params": {"seed": seed}, "acc": {}, "final_acc": None, "stages_done": 0,
+             "status": "completed", "error": None,
+             "evaluation": {"acc": acc, "accs": [acc, acc], "fidelity": 0.98}}
+            for i, (v, seed, acc) in enumerate([("a", 0, 0.90), ("a", 1, 0.92), ("b", 0, 0.95), ("b", 1, 0.93)])]
+    summary = write_results(str(tmp_path), s, rows)
+    assert summary["best"]["variant"] == "b" and summary["best"]["eval_acc"] == pytest.approx(0.94)
+    assert "Best: b" in (tmp_path / "trials.md").read_text() and (tmp_path / "best.yaml").exists()
+
+
 @pytest.mark.slow
 def test_an_ablation_chooses_on_the_selection_split(ray_session, tiny_generator_dir, reference_file, tmp_path):
     """End to end: two variants × two generation seeds, each trial's finished set evaluated on the

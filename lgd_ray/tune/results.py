@@ -180,6 +180,9 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     summary = {"out": out, "trials": len(rows), "status": counts,
                "best": None if best is None else {"trial_id": best["trial_id"], "params": best["params"],
                                                   "select_acc": best["final_acc"], "stage": best["stages_done"]}}
+    if summary["best"] is None and best_group is not None:  # trials without students (unguided) report no stage
+        summary["best"] = {"variant": best_group["variant"], "params": best_group["params"],
+                           "eval_acc": best_group["mean"], "se": best_group["se"]}
     if groups:
         summary["groups"] = [{k: g[k] for k in ("variant", "params", "mean", "se", "fidelity_mean", "diff", "z", "seeds")}
                              for g in groups]
