@@ -331,7 +331,7 @@ def test_trial_paths_resolve_without_changing_folder(tmp_path, monkeypatch):
     path that exists where it runs (a job's working_dir) stays; one found only under the driver's folder
     (a local run) becomes absolute; hub ids, builtin: and URLs are left alone."""
     from lgd_ray.core.config import Config
-    from lgd_ray.tune.trainable import localize_paths
+    from lgd_ray.engine.run import localize_paths
 
     driver = tmp_path / "driver"
     (driver / "gens" / "g").mkdir(parents=True)

@@ -108,3 +108,23 @@ def load_run_config(out_uri: str) -> Config:
     if saved is None:
         raise UserError("out", f"{out_uri} is not an lgd-ray output (no config.json)", "give the --out folder of `lgd-ray distill`")
     return from_dict(saved["config"])
+
+
+PATH_KEYS = ("data.root", "generator.path", "generator.guidance_decoder", "reference.path", "distill.seed_source",
+             "eval.teacher")
+
+
+def localize_paths(cfg_dict: dict, driver_cwd: str) -> dict:
+    """The config's relative paths as this process can open them, without changing its folder: a path
+    that exists here (a job's working_dir copy on this node) stays; one that exists only under the
+    driver's folder (a local run, same machine) is made absolute; anything else is left for the run
+    to report (one line)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg_dict.items()}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = out[section].get(name)
+        if not isinstance(value, str) or not value or os.path.isabs(value) or ":" in value.split("/")[0]:
+            continue  # empty, absolute, builtin:/timm:/s3:// ...
+        if not os.path.exists(value) and os.path.exists(os.path.join(driver_cwd, value)):
+            out[section][name] = os.path.join(driver_cwd, value)
+    return out

@@ -23,6 +23,7 @@ from ..core.generator import load_generator, load_guidance_decoder
 from ..core.sampler import SampleSettings, sample_items
 from ..core.students import build_student
 from ..core.work import WorkItem
+from .run import localize_paths
 from .store import OutputDir, StageParams, stage_name
 
 
@@ -45,10 +46,11 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.
 
 class ChunkWorker:
     def __init__(self, cfg: dict, out_uri: str, reference_state: dict[str, torch.Tensor] | None,
-                 num_classes: int, in_channels: int, threads: int | None = None):
+                 num_classes: int, in_channels: int, threads: int | None = None, driver_cwd: str | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.cfg: Config = from_dict(cfg)
+        # a relative generator.path or seed_source is relative to the driver's folder, not this process's
+        self.cfg: Config = from_dict(localize_paths(cfg, driver_cwd) if driver_cwd else cfg)
         self.device = pick_device(self.cfg.ray.gpus_per_sampler)
         g = self.cfg.generator
         self.precision = resolve_precision(g.dtype, self.device)
@@ -168,7 +170,8 @@ generator and the stage's inputs before its first chunk. An actor whose
         # SPREAD: the actors of one pool on as many nodes as there are, so a lost node takes few of them
         opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": restarts, "max_task_retries": -1,
                 "scheduling_strategy": "SPREAD"}
-        self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads)
+        self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads,
+                                                           os.getcwd())
                        for _ in range(samplers)]
         self.chunk_timeout_s = chunk_timeout_s
         self.on_failure = on_failure or (lambda record, msg: None)

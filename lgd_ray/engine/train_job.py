@@ -39,7 +39,7 @@ from ..core.train import (
     train_classifier,
     worker_batch_size,
 )
-from .run import report_failure
+from .run import localize_paths, report_failure
 from .store import OutputDir, weights_bytes
 
 
@@ -92,7 +92,8 @@ class WorkerTorchConfig(TorchConfig):
 
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: its shard of the set, batch_size // workers images a step."""
-    cfg = from_dict(config["cfg"])
+    # Ray Train runs this in a folder of its own: relative paths (data.root, ...) are the driver's
+    cfg = from_dict(localize_paths(config["cfg"], config["cwd"]))
     class_ids = config["class_ids"]
     # Both sources stream: decoded per image (resized once, to the student's size) by the worker's loader
     # processes, so a worker's memory is its batches in flight, not the set.
@@ -183,7 +184,7 @@ def train_with_ray(cfg: Config, out: OutputDir, *, role: str, name: str, class_i
     """Train θ (role "student" on the given stages, or "reference" on real data); returns (weights, metrics)."""
     gpus = cfg.ray.gpus_per_train_worker
     loop_config = {"cfg": cfg.to_dict(), "out": out.uri, "class_ids": class_ids, "in_channels": in_channels,
-                   "stages": stages, "init": init, "seed": seed, "role": role}
+                   "stages": stages, "init": init, "seed": seed, "role": role, "cwd": os.getcwd()}
     storage = out.path("_ray_train") if out.local else f"{out.uri}/_ray_train"
     trainer = TorchTrainer(
         _train_loop,
