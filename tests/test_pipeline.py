@@ -233,8 +233,10 @@ def test_samplers_live_across_stages_when_the_cluster_holds_training_beside_them
                                "ray.gpus_per_train_worker=1"])
     assert samplers_fit_beside_training(paper, {"CPU": 8 * 96.0, "GPU": 72.0})
     assert not samplers_fit_beside_training(paper, {"CPU": 8 * 96.0, "GPU": 64.0})  # training needs their GPUs
-    laptop = load_config(None, ["ray.samplers=2"])
-    assert not samplers_fit_beside_training(laptop, {"CPU": 2.0})
+    laptop = load_config(None, ["ray.samplers=2"])  # half a CPU each: 2 × 0.5 + 1 Train worker fit 2 CPUs
+    assert samplers_fit_beside_training(laptop, {"CPU": 2.0})
+    whole = load_config(None, ["ray.samplers=2", "ray.cpus_per_sampler=1"])
+    assert not samplers_fit_beside_training(whole, {"CPU": 2.0})
     assert samplers_fit_beside_training(load_config(None, ["ray.samplers=1"]), {"CPU": 2.0})
     # what is free decides at each stage: a cluster whose other jobs hold CPUs cannot also train
     from lgd_ray.engine.distill import training_fits
