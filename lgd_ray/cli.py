@@ -30,7 +30,11 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
 
     from .core.config import load_config
     from .core.data import digits_hash, load_split, materialize
-    from .core.train_generator import GeneratorTrainSettings, train_generator
+    from .core.train_generator import (
+        GeneratorTrainSettings,
+        flips_by_default,
+        train_generator,
+    )
     from .engine.run import resolve_classes_only
 
     cfg = load_config(*split_config(a))
@@ -38,7 +42,7 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
     class_ids = resolve_classes_only(cfg)
     data = load_split(cfg.data, cfg.data.train_split, class_ids)
     data = materialize(data, progress=True)
-    flip = cfg.data.name != "digits" if a.flip is None else a.flip  # natural-image folders flip; digits never
+    flip = flips_by_default(cfg.data.name) if a.flip is None else a.flip
     s = GeneratorTrainSettings(arch=a.arch, steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema=a.ema, flip=flip,
                                max_minutes=a.max_minutes, seed=cfg.seed)
     meta = {"data": {"name": cfg.data.name, "root": cfg.data.root, "images": len(data),

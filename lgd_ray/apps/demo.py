@@ -78,7 +78,11 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minu
     estimate is printed before it starts, `--quiet` or not, with the two ways to shorten it."""
     if cfg.data.name == "digits" or cfg.generator.path != "builtin:digits":
         return cfg
-    from ..core.train_generator import GeneratorTrainSettings, train_generator
+    from ..core.train_generator import (
+        GeneratorTrainSettings,
+        flips_by_default,
+        train_generator,
+    )
 
     if steps < 3:
         raise UserError("--generator-steps", f"must be >= 3, got {steps}", "give e.g. --generator-steps 1000")
@@ -89,8 +93,8 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minu
         class_ids = resolve_classes_only(cfg)
         data = materialize(load_part(cfg.data, "train", class_ids), progress=progress)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        # a user's folder holds natural images: flipped left-right in training, as the field's generators are
-        settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes, flip=True)
+        settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes,
+                                          flip=flips_by_default(cfg.data.name))
         per_step = generator_step_seconds(data, settings, device)
         total = steps * per_step if minutes is None else min(steps * per_step, 60 * minutes)
         budget = "" if minutes is None or 60 * minutes >= steps * per_step else \
@@ -153,15 +157,14 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
     # The table's sets (the last stage) get every eval seed; the curve's earlier points, a diagnostic,
     # the first CURVE_SEEDS of them: 4 in 5 of the demo's evaluation runs were those points.
     last = stages[-1]
-    curve_eval = copy.deepcopy(cfg.eval)
-    curve_eval.seeds = cfg.eval.seeds[:CURVE_SEEDS]
+    curve_seeds = cfg.eval.seeds[:CURVE_SEEDS]
     finals = {f"{m}|{i}": s for (m, i), s in sets.items() if i == last}
     earlier = {f"{m}|{i}": s for (m, i), s in sets.items() if i != last}
     log(progress, f"evaluating {len(finals)} sets x {len(cfg.eval.seeds)} seeds and the curve's {len(earlier)} "
-                  f"earlier sets x {len(curve_eval.seeds)} ({cfg.eval.arch})")
+                  f"earlier sets x {len(curve_seeds)} ({cfg.eval.arch})")
     gpus = cfg.ray.task_gpus()
     summaries = evaluate_sets({**finals, **earlier}, val, cfg.eval, teacher=teacher, progress=progress,
-                              gpus_per_task=gpus, seeds_of={k: curve_eval.seeds for k in earlier})
+                              gpus_per_task=gpus, seeds_of={k: curve_seeds for k in earlier})
     full_eval = copy.deepcopy(cfg.eval)
     full_eval.epochs = full_epochs
     summaries[f"{FULL}|-"] = evaluate_sets({FULL: train_real}, val, full_eval, teacher=teacher, progress=progress,

@@ -96,13 +96,19 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
     gen.denoiser.eval().requires_grad_(False)
     gen.info.extra.update({"train": {**asdict(s), "steps_done": done, "seconds": round(time.time() - start, 1)},
                            **(extra_meta or {})})
-    if last_iterate_path is not None:
-        last = copy.deepcopy(gen)
-        last.info.extra["train"]["saved"] = "last iterate"
-        last.save_pretrained(last_iterate_path)
+    if last_iterate_path is not None:  # saved before the EMA weights take the denoiser's place
+        gen.info.extra["train"]["saved"] = "last iterate"
+        gen.save_pretrained(last_iterate_path)
+        del gen.info.extra["train"]["saved"]
     if ema is not None:
         gen.denoiser = ema.eval()
     return gen
+
+
+def flips_by_default(data_name: str) -> bool:
+    """Whether training flips left-right unless told: an image folder holds natural images (flipped, as
+    the field's generators are); the digits must not be mirrored."""
+    return data_name != "digits"
 
 
 @torch.no_grad()
