@@ -113,13 +113,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
     class_ids = resolve_classes_only(cfg)  # the data (and a soft protocol's teacher) must be there before anything starts
     teacher = load_teacher(cfg.eval, class_ids, cfg.data.image_size, data_channels(cfg))
     seeds = _seed_list(a.generation_seeds) if a.generation_seeds else None
+    if a.random_draws is not None and (not seeds or a.random_draws < 1):
+        raise UserError("--random-draws", f"must be >= 1, got {a.random_draws}" if seeds
+                        else "random real's draws are counted in a multi-seed demo only",
+                        "give e.g. --generation-seeds 0,1 --random-draws 10")
     init_ray()
     kw = {"overwrite": a.overwrite, "progress": not a.quiet, "generator_steps": a.generator_steps,
           "generator_minutes": a.generator_minutes, "teacher": teacher}
     if seeds:
         from .apps.demo import run_demo_seeds
 
-        result = run_demo_seeds(cfg, a.out, seeds, **kw)
+        draws = {} if a.random_draws is None else {"random_draws": a.random_draws}
+        result = run_demo_seeds(cfg, a.out, seeds, **draws, **kw)
         print(result["table"])
         print(f"\nseeds.md and results.json in {a.out}; each seed's report.md in {a.out}/seed-N")
         return 0
@@ -366,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generation-seeds", default=None, metavar="S,S,...",
                    help="run the demo once per run seed (OUT/seed-N) and report mean ± standard error over the "
                         "seeds × eval seeds, with LGD's margin over each row in standard errors (seeds.md)")
+    p.add_argument("--random-draws", type=int, default=None, metavar="N",
+                   help="with --generation-seeds: random real over N draws of real images (default 10; the seeds' "
+                        "own draws and more, each only evaluated), so the baseline's mean is pinned down")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("distill", help="run (or resume) LGD: seed increment, then guided stages")

@@ -37,6 +37,11 @@ def test_bad_input_exits_2_with_one_line(args, field, tmp_path, capsys, monkeypa
     assert_refused("distill", args, field, tmp_path, capsys, monkeypatch)
 
 
+@pytest.mark.parametrize("args", [["--random-draws", "10"], ["--generation-seeds", "0,1", "--random-draws", "0"]])
+def test_random_draws_need_a_multi_seed_demo(args, tmp_path, capsys, monkeypatch):
+    assert_refused("demo", args, "--random-draws", tmp_path, capsys, monkeypatch)
+
+
 def test_overrides_after_the_options(tmp_path, capsys, monkeypatch):
     """`lgd-ray distill CONFIG --out DIR key=value` takes the override (argparse alone would refuse it);
     a stray option is still an error."""

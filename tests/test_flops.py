@@ -70,7 +70,8 @@ def grad_of(fn, shape) -> None:
 def test_bench_writes_json_and_table(flops_dir, report, capsys):
     md = (flops_dir / "flops.md").read_text()
     assert "TFLOP per step" in md and "TFLOP per kept image" in md
-    assert {"unguided", "lgd", "lgd_x0", "lgd_prune", "lgd_x0_prune", "lgd_taesd", "lgd_x0_taesd", "igd"} == set(report["rows"])
+    assert {"unguided", "lgd", "lgd_x0", "lgd_prune", "lgd_x0_prune", "lgd_x0_narrow", "lgd_taesd", "lgd_x0_taesd",
+            "igd"} == set(report["rows"])
     for name in report["rows"]:
         assert f"| {name} |" in md
     lgd = report["rows"]["lgd"]
@@ -154,6 +155,17 @@ def test_per_kept_image_by_hand(report):
     igd = rows["igd"]
     g = spec["igd_guided_steps"]
     assert igd["per_kept_image_total"] == g * igd["step_total"] + (n - g) * u + decode
+
+
+def test_the_narrow_window_is_the_x0_step_on_fewer_steps_with_every_candidate_finishing(report):
+    spec, rows = report["spec"], report["rows"]
+    lo, hi = spec["narrow_window"]
+    n, u = spec["num_steps"], sum(report["unguided_step"].values())
+    x0, narrow = rows["lgd_x0"], rows["lgd_x0_narrow"]
+    assert narrow["step"] == x0["step"] and narrow["final"] == x0["final"] and not narrow["survivors"]
+    g = hi - lo + 1
+    assert (narrow["candidates"], narrow["guided_steps"]) == (K, g) and g < x0["guided_steps"]
+    assert narrow["per_kept_image_total"] == K * (g * x0["step_total"] + (n - g) * u + sum(x0["final"].values()))
 
 
 def test_per_kept_image_is_what_sample_items_counts(report, models):

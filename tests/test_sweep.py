@@ -455,3 +455,26 @@ def test_the_demo_over_generation_seeds_states_lgds_margin_in_standard_errors():
     assert c["rank"]["lgd_margin"] == pytest.approx(0.04)
     assert c["rank"]["lgd_margin_z"] == pytest.approx(0.04 / (0.01 ** 2 + c["rank"]["se"] ** 2) ** 0.5)
     assert "| rank | 10 | 94.0 ± " in seeds_table(c, 2, 2, "LGD")
+
+
+def test_random_reals_further_draws_join_its_mean_and_se_and_nothing_else():
+    """A multi-seed demo evaluates random real on more draws than there are generation seeds: they join
+    its mean and SE (so LGD's margin over it), the generated rows and every fidelity stay the seeds'."""
+    from lgd_ray.apps.demo import combine_seeds, extra_draw_seeds, seeds_table
+    from lgd_ray.core.evaluate import mean_se
+
+    def res(accs, fid=None):
+        return {"final_acc": accs, "ipc": 10, "reference_acc_on_set": fid}
+
+    per = {0: {"LGD": res([0.96, 0.98], 0.9), "random": res([0.90, 0.92], 1.0)},
+           1: {"LGD": res([0.98, 1.00], 0.8), "random": res([0.96, 0.98], 1.0)}}
+    more = {2: res([0.93, 0.95]), 3: res([0.94, 0.94])}
+    alone, joined = combine_seeds(per, "LGD"), combine_seeds(per, "LGD", extra={"random": more})
+    assert joined["LGD"] == alone["LGD"]
+    assert (joined["random"]["mean"], joined["random"]["se"]) == pytest.approx(
+        mean_se([[0.90, 0.92], [0.96, 0.98], [0.93, 0.95], [0.94, 0.94]]))
+    assert joined["random"]["se"] < alone["random"]["se"] and joined["random"]["fidelity"] == 1.0
+    assert joined["random"]["lgd_margin_z"] > alone["random"]["lgd_margin_z"]
+    table = seeds_table(joined, 2, 2, "LGD")
+    assert "| random (4 draws) | 10 | 94.0 ± " in table and "| LGD | 10 |" in table
+    assert extra_draw_seeds([0, 2], 5) == [1, 3, 4] and extra_draw_seeds([0, 1], 2) == []

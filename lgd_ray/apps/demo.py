@@ -203,43 +203,86 @@ def lgd_name(cfg: Config) -> str:
     return f"LGD (λ={cfg.distill.lam}, κ={cfg.distill.k})"
 
 
-def run_demo_seeds(cfg: Config, out_uri: str, seeds: list[int], **kw) -> dict:
+RANDOM_DRAWS = 10  # random real's draws in a multi-seed demo: evaluation only, so its mean is pinned cheaply
+
+
+def extra_draw_seeds(seeds: list[int], draws: int) -> list[int]:
+    """Random real's draws beyond the generation seeds' own: the smallest seeds ≥ 0 not among them."""
+    extra, s = [], 0
+    while len(seeds) + len(extra) < draws:
+        if s not in seeds:
+            extra.append(s)
+        s += 1
+    return extra
+
+
+def random_real_draws(cfg: Config, draw_seeds: list[int], *, progress: bool = True,
+                      teacher: torch.nn.Module | None = None) -> dict[int, dict]:
+    """Random real at the demo's final IPC for each seed of `draw_seeds`, drawn as a demo run of that
+    seed draws it (the train part less the selection split), evaluated over the eval seeds on the test
+    split: seed -> the evaluation summary. No sampling, so each draw costs its evaluation runs alone."""
+    class_ids = resolve_classes_only(cfg)
+    d = cfg.distill
+    ipc = d.ipc_seed + d.stages * d.ipc_per_stage
+    train_real = materialize(load_part(cfg.data, "train", class_ids))
+    val = materialize(load_part(cfg.data, "test", class_ids))
+    sets = {str(seed): train_real.subset(random_subset_per_class(train_real.labels, ipc, seed, len(class_ids)))
+            for seed in draw_seeds}
+    log(progress, f"random real: {len(sets)} more draws x {len(cfg.eval.seeds)} eval seeds")
+    summaries = evaluate_sets(sets, val, cfg.eval, teacher=teacher, progress=progress, gpus_per_task=cfg.ray.task_gpus())
+    return {int(seed): {**summary, "ipc": ipc, "images": len(sets[seed])} for seed, summary in summaries.items()}
+
+
+def run_demo_seeds(cfg: Config, out_uri: str, seeds: list[int], *, random_draws: int = RANDOM_DRAWS, **kw) -> dict:
     """The demo once per generation seed (`seed` = the run seed every image's seed derives from; random
     real's subset and θ* follow it too), into OUT/seed-N, then one table over all of them in
     OUT/seeds.md and OUT/results.json: each method's mean over seeds × eval seeds with its standard error
-    (core.evaluate.mean_se) and LGD's margin over it in standard errors of the difference."""
+    (core.evaluate.mean_se) and LGD's margin over it in standard errors of the difference.
+
+    Random real is a draw of real images, so its spread between seeds is the draw's (3 points on the
+    digits between two seeds): with `random_draws` > len(seeds) the seeds' own draws are joined by more
+    (`extra_draw_seeds`), each costing evaluation runs only, so the baseline's mean is not the weak link
+    of the comparison. Every generated row keeps the generation seeds alone."""
     per = {}
     for seed in seeds:
         c = copy.deepcopy(cfg)
         c.seed = seed
         log(kw.get("progress", True), f"generation seed {seed}: demo into {join(out_uri, f'seed-{seed}')}")
         per[seed] = run_demo(c, join(out_uri, f"seed-{seed}"), **kw)["results"]
-    combined = combine_seeds(per, lgd_name(cfg))
+    extra = extra_draw_seeds(seeds, random_draws)
+    draws = random_real_draws(cfg, extra, progress=kw.get("progress", True), teacher=kw.get("teacher")) if extra else {}
+    combined = combine_seeds(per, lgd_name(cfg), extra={RANDOM: draws})
     table = seeds_table(combined, len(seeds), len(cfg.eval.seeds), lgd_name(cfg))
     demo = OutputDir(out_uri)
-    demo.write_text("results.json", json.dumps({"generation_seeds": seeds, "eval_seeds": cfg.eval.seeds,
-                                                "results": combined, "outputs": {s: join(out_uri, f"seed-{s}") for s in seeds}},
+    demo.write_text("results.json", json.dumps({"generation_seeds": seeds, "random_real_draws": [*seeds, *extra],
+                                                "eval_seeds": cfg.eval.seeds, "results": combined,
+                                                "outputs": {s: join(out_uri, f"seed-{s}") for s in seeds}},
                                                indent=1))
+    drawn = f" Random real: {len(seeds) + len(extra)} draws (seeds {[*seeds, *extra]}), the generation seeds' own and " \
+            f"{len(extra)} more." if extra else ""
     demo.write_text("seeds.md", f"# lgd-ray demo over generation seeds {seeds}\n\nTest split, final accuracy; "
-                    "SE² = max(s_b²/G, s_w²/(G·E)) over G generation seeds × E evaluation seeds (s_b²: variance of the "
-                    "per-seed means; s_w²: pooled within-seed variance); z = margin / √(SE_LGD² + SE²).\n\n"
-                    + table + "\n")
-    return {"table": table, "results": combined, "per_seed": per}
+                    "SE² = max(s_b²/G, s_w²/(G·E)) over G generation seeds (or draws) × E evaluation seeds (s_b²: variance "
+                    "of the per-seed means; s_w²: pooled within-seed variance); z = margin / √(SE_LGD² + SE²)."
+                    + drawn + "\n\n" + table + "\n")
+    return {"table": table, "results": combined, "per_seed": per, "random_draws": draws}
 
 
-def combine_seeds(per: dict[int, dict[str, dict]], lgd: str) -> dict[str, dict]:
+def combine_seeds(per: dict[int, dict[str, dict]], lgd: str, extra: dict[str, dict[int, dict]] | None = None) -> dict[str, dict]:
     """Per method over the seeds' results: mean ± SE of the final accuracy over seeds × eval seeds,
-    mean fidelity and cross-increment accuracy, and LGD's margin over the method with its z."""
+    mean fidelity and cross-increment accuracy, and LGD's margin over the method with its z. `extra`:
+    more results of some method (random real's further draws), by seed, joined to its seeds' own in
+    the mean and SE; fidelity and redundancy stay the seeds' runs'."""
     from ..core.evaluate import mean_se
 
     seeds = list(per)
     combined = {}
     for name in per[seeds[0]]:
         rs = [per[seed][name] for seed in seeds]
-        mean, se = mean_se([r["final_acc"] for r in rs])
+        more = list((extra or {}).get(name, {}).values())
+        mean, se = mean_se([r["final_acc"] for r in rs + more])
         fid = [r["reference_acc_on_set"] for r in rs if r.get("reference_acc_on_set") is not None]
         cross = [r["cross_increment_acc"] for r in rs if "cross_increment_acc" in r]
-        combined[name] = {"mean": mean, "se": se, "final_acc": [r["final_acc"] for r in rs], "ipc": rs[0]["ipc"],
+        combined[name] = {"mean": mean, "se": se, "final_acc": [r["final_acc"] for r in rs + more], "ipc": rs[0]["ipc"],
                           "fidelity": sum(fid) / len(fid) if fid else None,
                           "cross_increment_acc": sum(cross) / len(cross) if cross else None}
     ref = combined[lgd]
@@ -256,7 +299,8 @@ def seeds_table(combined: dict[str, dict], g: int, e: int, lgd: str) -> str:
         margin = "–" if name == lgd or r["lgd_margin_z"] is None else f"{100 * r['lgd_margin']:+.1f} ({r['lgd_margin_z']:+.1f})"
         fid = "–" if r["fidelity"] is None else f"{100 * r['fidelity']:.1f}"
         cross = "–" if r["cross_increment_acc"] is None else f"{100 * r['cross_increment_acc']:.1f}"
-        lines.append(f"| {name} | {r['ipc']} | {100 * r['mean']:.1f} ± {100 * r['se']:.1f} | {margin} | {fid} | {cross} |")
+        label = name if len(r["final_acc"]) == g else f"{name} ({len(r['final_acc'])} draws)"
+        lines.append(f"| {label} | {r['ipc']} | {100 * r['mean']:.1f} ± {100 * r['se']:.1f} | {margin} | {fid} | {cross} |")
     return "\n".join(lines)
 
 

@@ -31,6 +31,8 @@ Rows (`VARIANTS`; a later option, such as a smaller guidance decoder, is one mor
   without autograd, so its backward is gone.
 - `lgd_prune`, `lgd_x0_prune`: `distill.prune_at`/`prune_keep`: the κ candidates run to the pruning
   step, each x̂0 there is decoded and scored once, and only the survivors finish.
+- `lgd_x0_narrow`: `distill.grad_space=x0` on the 9-step window `narrow_window` ([37, 45], the noisy top
+  of the jobs' [10, 45]); no pruning, so every candidate reaches the end and the gate chooses among them.
 - `lgd_taesd`, `lgd_x0_taesd`: `generator.guidance_decoder`: an AutoencoderTiny (TAESD's layout)
   decodes x̂0 for the gradient; the kept images are still decoded by the full VAE.
 """
@@ -92,6 +94,8 @@ class FlopsSpec:
     igd_guided_steps: int = 16
     prune_at: int = 38  # the pruned rows: at this step index each slot keeps prune_keep of its κ candidates
     prune_keep: int = 1
+    # the narrow-window row: 9 guided steps at the noisy top of `window`, every candidate finishing
+    narrow_window: tuple[int, int] = (37, 45)
 
 
 def jobs_spec(arch: str) -> FlopsSpec:
@@ -380,6 +384,19 @@ def lgd_x0_row(m: Models, base: dict[str, int]) -> Row:
     return row
 
 
+def lgd_x0_narrow_row(m: Models, base: dict[str, int]) -> Row:
+    """distill.grad_space=x0 with distill.window=`narrow_window`: the same counted step as lgd_x0 on
+    fewer steps, and all κ candidates finish, so rank selection (and its gate) chooses among final images."""
+    row = lgd_x0_row(m, base)
+    lo, hi = m.spec.narrow_window
+    row.guided_steps = sum(in_window(i, m.spec.narrow_window) for i in range(m.spec.num_steps))
+    row.unguided_steps = m.spec.num_steps - row.guided_steps
+    row.name = "lgd_x0_narrow"
+    row.what = (f"distill.grad_space=x0 and distill.window=[{lo}, {hi}]: {row.guided_steps} guided steps of "
+                f"{m.spec.num_steps}, every candidate finishes")
+    return row
+
+
 def guidance_decoder_for(gen: Generator):
     """TAESD's layout (madebyollin/taesd) for a decoder of 3 upsamplings such as sd-vae-ft-mse, else a
     tiny AutoencoderTiny of as many upsamplings (random weights: FLOPs depend on shapes only)."""
@@ -448,7 +465,8 @@ def igd_row(m: Models, base: dict[str, int]) -> Row:
 
 
 VARIANTS: list[Callable[[Models, dict[str, int]], Row]] = [unguided_row, lgd_row, lgd_x0_row, lgd_prune_row,
-                                                          lgd_x0_prune_row, lgd_taesd_row, lgd_x0_taesd_row, igd_row]
+                                                          lgd_x0_prune_row, lgd_x0_narrow_row, lgd_taesd_row,
+                                                          lgd_x0_taesd_row, igd_row]
 
 
 def run_flops_bench(spec: FlopsSpec, out: str | None = None, variants=None, device: str | None = None) -> dict:
