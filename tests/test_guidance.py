@@ -47,18 +47,41 @@ def _gen(scheduler: str, steps: int = 8, base=None):
     return g
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
-def test_guidance_raises_learnability_with_same_seeds(scheduler, models, digits_generator):
+@pytest.mark.parametrize("scheduler, clip_x0", [("ddim", False), ("ddpm", False), ("ddim", True), ("ddpm", True)])
+def test_guidance_raises_learnability_with_same_seeds(scheduler, clip_x0, models, digits_generator):
     student, reference = models
     gen = _gen(scheduler, base=digits_generator)
     items = stage_items(1, 10, 3)
-    base = SampleSettings(num_steps=8, k=1, window=(0, 7), lam=0.0)
-    guided = SampleSettings(num_steps=8, k=1, window=(0, 7), lam=0.2)
+    base = SampleSettings(num_steps=8, k=1, window=(0, 7), lam=0.0, clip_x0=clip_x0)
+    guided = SampleSettings(num_steps=8, k=1, window=(0, 7), lam=0.2, clip_x0=clip_x0)
     s0 = torch.tensor([s.score for s in sample_items(gen, items, base, list(range(10)), student=student, reference=reference)])
     s1 = torch.tensor([s.score for s in sample_items(gen, items, guided, list(range(10)), student=student, reference=reference)])
     assert s1.mean() > s0.mean() + 0.05
     assert (s1 > s0).float().mean() >= 0.9  # per seed, not only on average
     assert not gen.scheduler.config.clip_sample  # clipping x̂0 would flip the net direction
+
+
+def test_clip_x0_steps_with_the_eps_of_the_clipped_x0():
+    """generator.clip_x0: each step's x̂0 is clipped to [-1, 1] and ε recomputed from it, so the DDIM step
+    lands on √ᾱ_prev·clip(x̂0) + √(1−ᾱ_prev)·ε' and the last step on clip(x̂0) itself. An untrained
+    model's x̂0 runs far off the range, so without the clip its samples end outside it."""
+    gen = _gen("ddim", steps=6)
+    x = torch.randn(4, *gen.latent_shape) * 3
+    t = gen.scheduler.timesteps[2]
+    eps = torch.randn_like(x) * 4
+    clipped = gen.x0(x, t, eps).clamp(-1, 1)
+    assert gen.x0(x, t, eps).abs().max() > 1.5
+    eps_c = gen.eps_of(x, t, clipped)
+    torch.testing.assert_close(gen.x0(x, t, eps_c), clipped, atol=1e-5, rtol=0)
+    prev = gen.scheduler.timesteps[3]
+    ab_prev = gen.alpha_bar(prev)
+    torch.testing.assert_close(gen.step(eps_c, None, t, x), ab_prev.sqrt() * clipped + (1 - ab_prev).sqrt() * eps_c,
+                               atol=1e-4, rtol=1e-4)
+    labels = torch.arange(4) % 10
+    seeds = [11, 12, 13, 14]
+    free = denoise(gen, seeds, labels, labels, SampleSettings(num_steps=6, k=1))
+    held = denoise(gen, seeds, labels, labels, SampleSettings(num_steps=6, k=1, clip_x0=True))
+    assert free.abs().max() > 1.5 and held.abs().max() <= 1 + 1e-4
 
 
 def test_rho_scales_step_as_specified():

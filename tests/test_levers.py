@@ -190,3 +190,18 @@ def test_a_guidance_decoder_that_does_not_fit_is_refused(tmp_path):
     with pytest.raises(UserError, match="not an AutoencoderTiny"):
         check_guidance_decoder("builtin:digits", str(tmp_path / "kl"))
     assert load_config(None, ["generator.guidance_decoder=null"]).hash() == load_config(None).hash()
+
+
+def test_clip_x0_is_for_pixel_models_and_off_keeps_the_hash(tmp_path):
+    """generator.clip_x0 clips x̂0 to the image range: a latent model (a vae/ folder) is refused in one line,
+    a pixel one runs, and outputs made before the key keep their hash while it is off."""
+    from lgd_ray.core.generator import create_generator
+    from lgd_ray.engine.run import resolve_run
+
+    create_generator("dit-micro-vae", 10, 16, 3).save_pretrained(tmp_path / "latent")
+    with pytest.raises(UserError) as e:
+        resolve_run(load_config(None, [f"generator.path={tmp_path / 'latent'}", "generator.clip_x0=true"]))
+    assert e.value.field == "generator.clip_x0" and "latent" in e.value.problem
+    resolve_run(load_config(None, ["generator.clip_x0=true"]))  # the digits model samples pixels
+    assert load_config(None, ["generator.clip_x0=false"]).hash() == load_config(None).hash()
+    assert load_config(None, ["generator.clip_x0=true"]).hash() != load_config(None).hash()

@@ -62,6 +62,11 @@ class GeneratorConfig:
     # full VAE still decodes every stored image. Off: its gradient's fidelity to the full decoder's
     # has not been measured with real weights (README "FLOPs per kept image").
     guidance_decoder: str | None = None
+    # Pixel-space models: clip each step's x̂0 to the image range [-1, 1] and step with the ε that gives
+    # that x̂0 (core/sampler.py), so a trajectory that runs off the range is pulled back instead of
+    # ending as saturated noise, and the guidance term stays in ε and x̂0 alike (clipping x̂0 alone, as
+    # diffusers' clip_sample does, flips guidance's sign). Latent models: refused (latents are unbounded).
+    clip_x0: bool = False
 
 
 @dataclass
@@ -198,6 +203,8 @@ class Config:
             d["generator"].pop("convention")
         if self.generator.guidance_decoder is None:
             d["generator"].pop("guidance_decoder")
+        if not self.generator.clip_x0:
+            d["generator"].pop("clip_x0")
         for name, off in LEVERS_OFF.items():  # off: outputs made before the levers keep their hash
             if d["distill"][name] == off:
                 d["distill"].pop(name)

@@ -182,6 +182,11 @@ class Generator:
         ab = self.alpha_bar(t).to(x_t.device)
         return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
 
+    def eps_of(self, x_t: torch.Tensor, t: int | torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The ε whose x̂0 is `x0`: ε = (x_t − √ᾱ_t x̂0) / √(1−ᾱ_t), the inverse of `x0`."""
+        ab = self.alpha_bar(t).to(x_t.device)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
     def step(self, eps: torch.Tensor, sigma: torch.Tensor | None, t: int | torch.Tensor, x_t: torch.Tensor,
              generators: list[torch.Generator] | None = None) -> torch.Tensor:
         """One scheduler step; DDPM noise comes from the per-sample generators (seed rule).
@@ -310,6 +315,11 @@ def read_generator_info(path: str) -> GeneratorInfo:
         else:
             class_ids = [str(i) for i in range(num_classes)]
     return GeneratorInfo(num_classes, list(class_ids), meta)
+
+
+def is_latent(path: str) -> bool:
+    """Whether the generator at `path` works in a VAE's latents (it has a `vae/` folder)."""
+    return (_resolve_root(path) / "vae").is_dir()
 
 
 def load_generator(path: str, *, device: str | torch.device = "cpu", convention: str = "auto") -> Generator:

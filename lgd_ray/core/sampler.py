@@ -53,6 +53,7 @@ class SampleSettings:
     gate: float = 0.0  # rank selection: a candidate θ* gives p(label) < gate cannot win; 0 = off
     prune_at: int = -1  # step index (0 = cleanest) where each slot keeps its prune_keep best candidates; -1 = off
     prune_keep: int = 1
+    clip_x0: bool = False  # pixel models: step with the ε of x̂0 clipped to [-1, 1] (config.GeneratorConfig)
 
     def pruning(self) -> bool:
         return self.prune_at >= 0 and self.prune_keep < self.k
@@ -167,6 +168,8 @@ def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_
             eps = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
         # σ (DiT's v) is never guided: under learned range it sets the step's variance, ε̃ its mean
         with torch.no_grad():
+            if s.clip_x0:
+                eps = gen.eps_of(x, t, gen.x0(x, t, eps).clamp(-1, 1))
             x = gen.step(eps, sigma, t, x, [gens[int(r)] for r in rows])
         if prune and index == s.prune_at:
             keep = _prune(gen, x0, labels, s, student, reference)

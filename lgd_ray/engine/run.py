@@ -77,7 +77,7 @@ def resolve_classes_only(cfg: Config) -> list[str]:
 def resolve_run(cfg: Config) -> RunInfo:
     """Check the config against the data and the generator; every mismatch is a one-line UserError."""
     class_ids = resolve_classes_only(cfg)
-    from ..core.generator import check_guidance_decoder, read_generator_info  # diffusers: not in Train workers
+    from ..core.generator import check_guidance_decoder, is_latent, read_generator_info  # diffusers: not in Train workers
 
     info = read_generator_info(cfg.generator.path)
     if cfg.generator.class_map is not None:
@@ -95,6 +95,9 @@ def resolve_run(cfg: Config) -> RunInfo:
     if cfg.distill.seed_source and not os.path.exists(cfg.distill.seed_source):
         raise UserError("distill.seed_source", f"{cfg.distill.seed_source!r} does not exist",
                         "give a Parquet file/folder or an image folder")
+    if cfg.generator.clip_x0 and is_latent(cfg.generator.path):
+        raise UserError("generator.clip_x0", "clips x̂0 to the pixel range [-1, 1], but this generator samples a VAE's latents",
+                        "set generator.clip_x0=false for a latent model")
     if cfg.generator.guidance_decoder:
         check_guidance_decoder(cfg.generator.path, cfg.generator.guidance_decoder)
     in_channels = data_channels(cfg)
