@@ -214,11 +214,13 @@ def test_x0_space_and_pruning_cut_what_they_say(report, models):
 
 
 def test_jobs_spec_is_the_paper_job():
+    """The spec's exact rows use the paper's window [10, 45]; the job samples with the narrow x̂0-space row."""
     cfg = load_config(IN1K)
     spec = fb.jobs_spec("dit-xl-2-256")
     assert cfg.generator.path == "facebook/DiT-XL-2-256"
     assert (spec.num_steps, spec.cfg_scale, list(spec.window), spec.k) == (
-        cfg.generator.num_steps, cfg.generator.cfg_scale, list(cfg.distill.window), cfg.distill.k)
+        cfg.generator.num_steps, cfg.generator.cfg_scale, [10, 45], cfg.distill.k)
+    assert (cfg.distill.grad_space, list(spec.narrow_window)) == ("x0", list(cfg.distill.window))
     assert (spec.student, spec.reference, spec.student_size) == (cfg.student.arch, cfg.reference.arch,
                                                                  cfg.data.image_size)
     assert spec.num_classes == 1000 and cfg.data.classes == "imagenet1k"
@@ -236,11 +238,12 @@ def test_plan_uses_the_counted_ratio(flops_dir, report, capsys):
         ASSUMED_H100_DIT_XL, guided_ratio=0, x0_guided_ratio=0, source="")
     x0 = report["rows"]["lgd_x0"]["step_total"] / sum(report["unguided_step"].values())
     assert f.x0_guided_ratio == x0 < f.guided_ratio
-    s = make_plan(load_config(IN1K), f).stages[1]
+    s = make_plan(load_config(IN1K, ["distill.grad_space=xt", "distill.window=[10,45]"]), f).stages[1]
     assert s.sample_gpu_s == pytest.approx(10_000 * 3 * (14 + 36 * f.guided_ratio) * f.image_step_s)
 
     # x̂0-space guidance takes its own ratio; pruning runs κ candidates to step prune_at, then prune_keep
-    cheap = make_plan(load_config(IN1K, ["distill.grad_space=x0", "distill.prune_at=38", "distill.prune_keep=1"]), f)
+    cheap = make_plan(load_config(IN1K, ["distill.grad_space=x0", "distill.window=[10,45]", "distill.prune_at=38",
+                                         "distill.prune_keep=1"]), f)
     s1 = cheap.stages[1]
     # steps 49..38 with κ = 3 (45..38 guided: 8), steps 37..0 with 1 (37..10 guided: 28)
     assert (s1.guided_image_steps, s1.unguided_image_steps) == (3 * 8 + 28, 3 * 4 + 10)
@@ -254,3 +257,17 @@ def test_plan_uses_the_counted_ratio(flops_dir, report, capsys):
     assert f"guided step {shipped['guided_over_unguided']:.1f}× unguided" in out and "assets/flops/flops.json: dit-xl-2-256" in out
     assert main(["plan", IN1K, "--gpus", "8", "--flops", str(flops_dir / "missing.json")]) == 2
     assert main(["plan", IN1K, "--gpus", "8", "--flops", str(flops_dir), "--bench", str(flops_dir)]) == 2
+
+
+def test_the_paper_jobs_cut_is_planned_as_counted():
+    """jobs/imagenet1k_ipc50.yaml: κ = 3 candidates, each to the end, ∇ w.r.t. x̂0 on 9 of 50 steps. Its counted
+    FLOPs per kept image (the shipped lgd_ray/assets/flops) are at most IGD's one image, and `lgd-ray plan`
+    samples a stage with the x̂0 step's ratio on exactly those steps."""
+    shipped = json.loads(COUNTED_FLOPS.read_text())
+    rows = shipped["rows"]
+    assert rows["lgd_x0_narrow"]["per_kept_image_total"] <= rows["igd"]["per_kept_image_total"]
+    assert rows["lgd_x0_narrow"]["per_kept_image_total"] < rows["lgd"]["per_kept_image_total"] / 2
+    f = ASSUMED_H100_DIT_XL
+    s = make_plan(load_config(IN1K), f).stages[1]
+    assert (s.guided_image_steps, s.unguided_image_steps) == (3 * 9, 3 * 41)
+    assert s.sample_gpu_s == pytest.approx(10_000 * 3 * (41 + 9 * f.x0_guided_ratio) * f.image_step_s)

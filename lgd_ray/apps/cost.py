@@ -166,6 +166,7 @@ class RunPlan:
     real_images: int
     reference_in_run: bool  # no reference.path: the run trains θ* first; else the train-reference job does
     eval_gpu_s_per_seed: float
+    guided_ratio: float = 0.0  # the guided/unguided step ratio this config samples at (x̂0 space has its own)
 
     @property
     def sample_gpu_s(self) -> float:
@@ -273,7 +274,7 @@ def make_plan(cfg: Config, figures: Figures = ASSUMED_H100_DIT_XL) -> RunPlan:
     return RunPlan(c, ipc_total, stages, figures, cfg_factor, r.train_workers,
                    train_gpus=r.train_workers * (r.gpus_per_train_worker or 1.0),
                    gpus_per_sampler=r.gpus_per_sampler or 1.0, reference_gpu_s=reference, real_images=real,
-                   reference_in_run=not cfg.reference.path, eval_gpu_s_per_seed=eval_gpu_s)
+                   reference_in_run=not cfg.reference.path, eval_gpu_s_per_seed=eval_gpu_s, guided_ratio=ratio)
 
 
 def _h(seconds: float) -> str:
@@ -299,8 +300,10 @@ def format_plan(plan: RunPlan, gpus: list[int], name: str = "") -> str:
     lines = [head,
              f"figures: {f.source}",
              (f"  {f.image_step_s * 1e3:.2f} ms per image-step ({'with' if f.with_cfg else 'without'} CFG; "
-              f"×{plan.cfg_factor:g} for this config), guided step {f.guided_ratio:.1f}× unguided, "
-              f"start-up {f.stage_overhead_s:.0f} s per sampling stage, {f.train_overhead_s:.0f} s per training run"),
+              f"×{plan.cfg_factor:g} for this config), guided step {f.guided_ratio:.1f}× unguided"
+              + (f" ({plan.guided_ratio:.1f}× with ∇ w.r.t. x̂0, this config's)" if plan.guided_ratio
+                 and plan.guided_ratio != f.guided_ratio else "")
+              + f", start-up {f.stage_overhead_s:.0f} s per sampling stage, {f.train_overhead_s:.0f} s per training run"),
              "  training img/s per GPU at 224 px: " + ", ".join(f"{k} {v:.0f}" for k, v in f.train_images_per_s.items()),
              ""]
     cols = ["stage", "images", "κ", "chunks", "sample GPU-h", "train on", "train GPU-h"] + [f"wall @{n}" for n in gpus]
