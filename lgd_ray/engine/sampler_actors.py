@@ -45,12 +45,8 @@ def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.
 
 
 class ChunkWorker:
-    def __init__(self, cfg: dict, out_uri: str, reference_state: dict[str, torch.Tensor] | list | None,
+    def __init__(self, cfg: dict, out_uri: str, reference_state: dict[str, torch.Tensor] | None,
                  num_classes: int, in_channels: int, threads: int | None = None, driver_cwd: str | None = None):
-        """`reference_state`: θ*'s weights, or `[ref]` to them in the object store (the pool's way: a
-        restarted actor's __init__ fetches them again through the reference the pool holds)."""
-        if isinstance(reference_state, list):
-            reference_state = ray.get(reference_state[0])
         if threads:
             torch.set_num_threads(threads)
         # a relative generator.path or seed_source is relative to the driver's folder, not this process's
@@ -168,15 +164,14 @@ generator and the stage's inputs before its first chunk. An actor whose
                  *, samplers: int, cpus: float, gpus: float, restarts: int = 3, chunk_timeout_s: float = 1800.0,
                  on_failure: Callable[[dict, str], None] | None = None):
         # held for the pool's lifetime: a restarted actor's __init__ reads its arguments again, and Ray
-        # frees an object nobody references (the restart would then fail). Handed over inside a list, so
-        # the actor fetches it itself, as it does its stage inputs.
-        self.reference_ref = ray.put(reference_state)
+        # frees an object nobody references (the restart would then fail)
+        self.reference_ref = ref = ray.put(reference_state)
         threads = max(1, int(cpus)) if gpus == 0 else None
         # SPREAD: the actors of one pool on as many nodes as there are, so a lost node takes few of them
         opts = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": restarts, "max_task_retries": -1,
                 "scheduling_strategy": "SPREAD"}
-        self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, [self.reference_ref], num_classes, in_channels,
-                                                           threads, os.getcwd())
+        self.actors = [SamplerActor.options(**opts).remote(cfg, out_uri, ref, num_classes, in_channels, threads,
+                                                           os.getcwd())
                        for _ in range(samplers)]
         self.chunk_timeout_s = chunk_timeout_s
         self.on_failure = on_failure or (lambda record, msg: None)
