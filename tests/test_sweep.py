@@ -366,7 +366,7 @@ def test_variants_cross_the_grid():
     cfg = trial_config(s, {"seed": 1}, "gated")
     assert (cfg.seed, cfg.distill.gate, cfg.distill.lam) == (1, 0.5, s.base.distill.lam)
     assert trial_config(s, {"seed": 0}, "lgd").hash() == s.base.hash()  # {} is the base itself
-    assert load_sweep("jobs/sweep_levers.yaml").trials == 24  # the shipped ablation: 12 variants × 2 seeds
+    assert load_sweep("jobs/sweep_levers.yaml").trials == 26  # the shipped ablation: 13 variants × 2 seeds
     assert load_sweep("jobs/sweep_flop_cuts.yaml").trials == 6
     assert load_sweep("jobs/sweep_photo_clip.yaml").trials == 8
 
