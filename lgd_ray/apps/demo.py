@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.config import Config
-from ..core.data import load_part, materialize, random_subset_per_class
+from ..core.config import Config, DistillConfig
+from ..core.data import ImageSet, load_part, materialize, random_subset_per_class
 from ..core.errors import UserError
 from ..engine.distill import distill
 from ..engine.eval_tasks import evaluate_sets, load_teacher, reference_fidelity
@@ -44,6 +44,23 @@ def variant(cfg: Config, **distill) -> Config:
 
 def join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
+
+
+def ipc_after(d: DistillConfig, stage: int) -> int:
+    """Images per class of D_stage = I_0 ∪ … ∪ I_stage (`d`: the config's distill section)."""
+    return d.ipc_seed + stage * d.ipc_per_stage
+
+
+def real_parts(cfg: Config, class_ids: list[str]) -> tuple[ImageSet, ImageSet]:
+    """(train, test) real images: train less its selection split, which random real, full real and θ*
+    draw from; test, which every figure of the table is read on."""
+    return (materialize(load_part(cfg.data, "train", class_ids)),
+            materialize(load_part(cfg.data, "test", class_ids)))
+
+
+def random_real_order(train_real: ImageSet, ipc: int, seed: int) -> list[int]:
+    """Random real's draw for run seed `seed`: `ipc` seeded indices per class (core.data)."""
+    return random_subset_per_class(train_real.labels, ipc, seed, num_classes=train_real.num_classes)
 
 
 CURVE_SEEDS = 2  # eval seeds of the accuracy-per-stage curve's points before the last stage
@@ -121,7 +138,7 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
         teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)
     d = cfg.distill
     stages = list(range(d.stages + 1))
-    ipc = d.ipc_seed + d.stages * d.ipc_per_stage
+    ipc = ipc_after(d, d.stages)
     lgd = lgd_name(cfg)
     rank_only = rank_only_name(d.k)
     uris = {UNGUIDED: join(out_uri, "unguided"), rank_only: join(out_uri, "rank-only"), LGD_K1: join(out_uri, "lgd-k1"),
@@ -142,15 +159,14 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
 
     # Random real and full real draw from the train part (the selection split held out, as for θ*); every
     # figure of the table is read on the test split, once, after all choices were made on the selection split.
-    train_real = materialize(load_part(cfg.data, "train", run.class_ids))
-    val = materialize(load_part(cfg.data, "test", run.class_ids))
-    order = random_subset_per_class(train_real.labels, ipc, cfg.seed, num_classes=len(run.class_ids))
+    train_real, val = real_parts(cfg, run.class_ids)
+    order = random_real_order(train_real, ipc, cfg.seed)
     generated = {name: OutputDir(uri) for name, uri in uris.items()}
 
     # Accuracy after each stage: D_i = I_0 ∪ … ∪ I_i per method; random real at the same sizes (nested).
     sets = {}
     for i in stages:
-        size = d.ipc_seed + i * d.ipc_per_stage
+        size = ipc_after(d, i)
         sets[(RANDOM, i)] = train_real.subset(_first_per_class(order, train_real.labels, size))
         for name, out in generated.items():
             sets[(name, i)] = out.read_stages(stages[:i + 1], run.class_ids)
@@ -178,7 +194,7 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
         results[name] = {**summaries[key], "ipc": len(s) // len(run.class_ids), "images": len(s),
                          "reference_acc_on_set": reference_fidelity(reference, s, cfg.data.image_size) if reference else None}
         if name != FULL:
-            curves[name] = [(d.ipc_seed + i * d.ipc_per_stage, summaries[f"{name}|{i}"]["final_acc_mean"]) for i in stages]
+            curves[name] = [(ipc_after(d, i), summaries[f"{name}|{i}"]["final_acc_mean"]) for i in stages]
     for name, out in generated.items():
         log(progress, f"{name}: redundancy and cartography")
         r = redundancy(out.uri, progress=progress)
@@ -221,13 +237,9 @@ def random_real_draws(cfg: Config, draw_seeds: list[int], *, progress: bool = Tr
     """Random real at the demo's final IPC for each seed of `draw_seeds`, drawn as a demo run of that
     seed draws it (the train part less the selection split), evaluated over the eval seeds on the test
     split: seed -> the evaluation summary. No sampling, so each draw costs its evaluation runs alone."""
-    class_ids = resolve_classes_only(cfg)
-    d = cfg.distill
-    ipc = d.ipc_seed + d.stages * d.ipc_per_stage
-    train_real = materialize(load_part(cfg.data, "train", class_ids))
-    val = materialize(load_part(cfg.data, "test", class_ids))
-    sets = {str(seed): train_real.subset(random_subset_per_class(train_real.labels, ipc, seed, len(class_ids)))
-            for seed in draw_seeds}
+    ipc = ipc_after(cfg.distill, cfg.distill.stages)
+    train_real, val = real_parts(cfg, resolve_classes_only(cfg))
+    sets = {str(seed): train_real.subset(random_real_order(train_real, ipc, seed)) for seed in draw_seeds}
     log(progress, f"random real: {len(sets)} more draws x {len(cfg.eval.seeds)} eval seeds")
     summaries = evaluate_sets(sets, val, cfg.eval, teacher=teacher, progress=progress, gpus_per_task=cfg.ray.task_gpus())
     return {int(seed): {**summary, "ipc": ipc, "images": len(sets[seed])} for seed, summary in summaries.items()}
