@@ -94,7 +94,7 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
     if bar is not None:
         bar.close()
     gen.denoiser.eval().requires_grad_(False)
-    gen.info.extra.update({"train": {**asdict(s), "steps_done": done, "seconds": round(time.time() - start, 1)},
+    gen.info.extra.update({"train": {**asdict(s), "steps_done": done, "seconds": round(time.time() - start, 3)},
                            **(extra_meta or {})})
     if last_iterate_path is not None:  # saved before the EMA weights take the denoiser's place
         gen.info.extra["train"]["saved"] = "last iterate"
