@@ -458,6 +458,32 @@ def test_the_demo_over_generation_seeds_states_lgds_margin_in_standard_errors():
     assert "| rank | 10 | 94.0 ± " in seeds_table(c, 2, 2, "LGD")
 
 
+def test_rows_that_move_together_between_generation_seeds_are_compared_paired():
+    """Rows of one generation seed share its seed increment, its noises and the eval seeds' student
+    inits, so a seed that is bad for one is bad for all: the unpaired z drowns a steady margin in that
+    swing, the paired z measures the SE on the differences themselves."""
+    from lgd_ray.apps.demo import combine_seeds, seeds_table
+    from lgd_ray.core.evaluate import mean_se
+
+    def res(accs):
+        return {"final_acc": accs, "ipc": 10, "reference_acc_on_set": None}
+
+    per = {0: {"LGD": res([0.59, 0.61]), "rank": res([0.58, 0.58])},
+           1: {"LGD": res([0.79, 0.81]), "rank": res([0.78, 0.78])}}
+    c = combine_seeds(per, "LGD")["rank"]
+    assert c["lgd_margin"] == pytest.approx(0.02) and c["lgd_margin_paired"] == pytest.approx(0.02)
+    assert c["lgd_margin_z"] == pytest.approx(0.02 / (0.1 ** 2 + 0.1 ** 2) ** 0.5)  # each row's SE 0.1: the swing
+    # differences 0.01, 0.03 in both seeds: no spread between seeds, the within-seed floor √(0.0002/4)
+    assert c["lgd_margin_paired_se"] == pytest.approx(0.0002 ** 0.5 / 2)
+    assert c["lgd_margin_z_paired"] == pytest.approx(0.02 / (0.0002 ** 0.5 / 2)) and c["lgd_margin_z_paired"] > 2
+    assert (c["lgd_margin_paired"], c["lgd_margin_paired_se"]) == pytest.approx(mean_se([[0.01, 0.03], [0.01, 0.03]]))
+    assert "| rank | 10 | 68.0 ± 10.0 | +2.0 (+0.1) | +2.0 (+2.8) |" in seeds_table(combine_seeds(per, "LGD"), 2, 2, "LGD")
+    # a seed where the row wins instead shows up as spread between seeds, and the paired z falls
+    per[1]["rank"] = res([0.84, 0.84])
+    flipped = combine_seeds(per, "LGD")["rank"]
+    assert flipped["lgd_margin_paired"] == pytest.approx(-0.01) and abs(flipped["lgd_margin_z_paired"]) < 1
+
+
 def test_random_reals_further_draws_join_its_mean_and_se_and_nothing_else():
     """A multi-seed demo evaluates random real on more draws than there are generation seeds: they join
     its mean and SE (so LGD's margin over it), the generated rows and every fidelity stay the seeds'."""
@@ -476,6 +502,7 @@ def test_random_reals_further_draws_join_its_mean_and_se_and_nothing_else():
         mean_se([[0.90, 0.92], [0.96, 0.98], [0.93, 0.95], [0.94, 0.94]]))
     assert joined["random"]["se"] < alone["random"]["se"] and joined["random"]["fidelity"] == 1.0
     assert joined["random"]["lgd_margin_z"] > alone["random"]["lgd_margin_z"]
+    assert joined["random"]["lgd_margin_z_paired"] == alone["random"]["lgd_margin_z_paired"]  # no partner for a draw
     table = seeds_table(joined, 2, 2, "LGD")
     assert "| random (4 draws) | 10 | 94.0 ± " in table and "| LGD | 10 |" in table
     assert extra_draw_seeds([0, 2], 5) == [1, 3, 4] and extra_draw_seeds([0, 1], 2) == []

@@ -274,16 +274,27 @@ def run_demo_seeds(cfg: Config, out_uri: str, seeds: list[int], *, random_draws:
             f"{len(extra)} more." if extra else ""
     demo.write_text("seeds.md", f"# lgd-ray demo over generation seeds {seeds}\n\nTest split, final accuracy; "
                     "SE² = max(s_b²/G, s_w²/(G·E)) over G generation seeds (or draws) × E evaluation seeds (s_b²: variance "
-                    "of the per-seed means; s_w²: pooled within-seed variance); z = margin / √(SE_LGD² + SE²)."
+                    "of the per-seed means; s_w²: pooled within-seed variance); z = margin / √(SE_LGD² + SE²). Paired: the same "
+                    "SE of the differences LGD − row per (generation seed, eval seed), over the generation seeds' runs "
+                    "alone (rows of one seed share its seed increment, noises and student inits)."
                     + drawn + "\n\n" + table + "\n")
     return {"table": table, "results": combined, "per_seed": per, "random_draws": draws}
 
 
 def combine_seeds(per: dict[int, dict[str, dict]], lgd: str, extra: dict[str, dict[int, dict]] | None = None) -> dict[str, dict]:
     """Per method over the seeds' results: mean ± SE of the final accuracy over seeds × eval seeds,
-    mean fidelity and cross-increment accuracy, and LGD's margin over the method with its z. `extra`:
-    more results of some method (random real's further draws), by seed, joined to its seeds' own in
-    the mean and SE; fidelity and redundancy stay the seeds' runs'."""
+    mean fidelity and cross-increment accuracy, and LGD's margin over the method with its z, twice:
+
+    - unpaired: margin / √(SE_LGD² + SE²), each SE over all of that row's results;
+    - paired: the same generation seed gives every row of its demo the same seed increment D_0 and
+      the same starting noise of every candidate, and the same eval seed the same student init, so
+      rows of one seed move together (on the photo regions by 17 to 29 points between two seeds). The
+      paired z is mean_se of the differences LGD − row per (generation seed, eval seed): the SE of the
+      difference measured on the differences themselves, over the generation seeds' runs alone.
+
+    `extra`: more results of some method (random real's further draws), by seed, joined to its seeds'
+    own in the mean, SE and unpaired z; they have no LGD run to pair with, so the paired z leaves them
+    out; fidelity and redundancy stay the seeds' runs'."""
     from ..core.evaluate import mean_se
 
     seeds = list(per)
@@ -298,21 +309,30 @@ def combine_seeds(per: dict[int, dict[str, dict]], lgd: str, extra: dict[str, di
                           "fidelity": sum(fid) / len(fid) if fid else None,
                           "cross_increment_acc": sum(cross) / len(cross) if cross else None}
     ref = combined[lgd]
-    for r in combined.values():
+    for name, r in combined.items():
         se = (r["se"] ** 2 + ref["se"] ** 2) ** 0.5
         r["lgd_margin"], r["lgd_margin_z"] = ref["mean"] - r["mean"], (ref["mean"] - r["mean"]) / se if se > 0 else None
+        diffs = [[a - b for a, b in zip(per[seed][lgd]["final_acc"], per[seed][name]["final_acc"], strict=True)]
+                 for seed in seeds]
+        d, d_se = mean_se(diffs)
+        r["lgd_margin_paired"], r["lgd_margin_paired_se"] = d, d_se
+        r["lgd_margin_z_paired"] = d / d_se if d_se > 0 else None
     return combined
 
 
 def seeds_table(combined: dict[str, dict], g: int, e: int, lgd: str) -> str:
-    lines = [f"| method | IPC | final acc % (± SE, {g} × {e} seeds) | LGD's margin (z) | θ* acc on set % | cross-increment acc % |",
-             "|---|---|---|---|---|---|"]
+    head = (f"| method | IPC | final acc % (± SE, {g} × {e} seeds) | LGD's margin (z) | paired margin (z) "
+            "| θ* acc on set % | cross-increment acc % |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for name, r in combined.items():
         margin = "–" if name == lgd or r["lgd_margin_z"] is None else f"{100 * r['lgd_margin']:+.1f} ({r['lgd_margin_z']:+.1f})"
+        paired = ("–" if name == lgd or r["lgd_margin_z_paired"] is None
+                  else f"{100 * r['lgd_margin_paired']:+.1f} ({r['lgd_margin_z_paired']:+.1f})")
         fid = "–" if r["fidelity"] is None else f"{100 * r['fidelity']:.1f}"
         cross = "–" if r["cross_increment_acc"] is None else f"{100 * r['cross_increment_acc']:.1f}"
         label = name if len(r["final_acc"]) == g else f"{name} ({len(r['final_acc'])} draws)"
-        lines.append(f"| {label} | {r['ipc']} | {100 * r['mean']:.1f} ± {100 * r['se']:.1f} | {margin} | {fid} | {cross} |")
+        lines.append(f"| {label} | {r['ipc']} | {100 * r['mean']:.1f} ± {100 * r['se']:.1f} | {margin} | {paired} "
+                     f"| {fid} | {cross} |")
     return "\n".join(lines)
 
 
