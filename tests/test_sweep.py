@@ -370,7 +370,7 @@ def test_variants_cross_the_grid():
     assert load_sweep("jobs/sweep_flop_cuts.yaml").trials == 6
     assert load_sweep("jobs/sweep_photo_clip.yaml").trials == 8
     guidance = load_sweep("jobs/sweep_photo_guidance.yaml")  # selection alone vs LGD, seed for seed
-    assert guidance.trials == 8
+    assert guidance.trials == 10
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 
