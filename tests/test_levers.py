@@ -13,7 +13,13 @@ from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.generator import load_generator
 from lgd_ray.core.guidance import blur, select_best, shifted_views
-from lgd_ray.core.sampler import SampleSettings, reverse_process, sample_items
+from lgd_ray.core.sampler import (
+    SampleSettings,
+    quantize,
+    reverse_process,
+    sample_items,
+    score_images,
+)
 from lgd_ray.core.work import item_seed, stage_items
 
 from helpers import tiny_classifier
@@ -133,6 +139,36 @@ def test_pruning_keeps_the_best_candidates_on_x0_and_finishes_them_unchanged(gen
     assert [c.candidate for c in chosen] == [int(r) % 3 for r in rows]
 
 
+def test_unguided_candidates_follow_the_unguided_trajectory_and_compete_with_the_guided_ones(gen, models):
+    """`unguided_candidates=1`: candidate 0 of every slot is the image λ = 0 makes from its seed, the
+    others are the guided run's, bit for bit up to float noise; rank selection then chooses among all
+    κ, and each stored row records the guidance its own image was made with."""
+    from lgd_ray.engine.store import StageParams, samples_to_table
+
+    student, reference = models
+    items = stage_items(1, 10, 1)[:4]
+    seeds = [item_seed(0, it.stage, it.label, it.slot, c) for it in items for c in range(3)]
+    labels = torch.tensor([it.label for it in items for _ in range(3)])
+    cands = [c for _ in items for c in range(3)]
+    base = {"num_steps": 8, "k": 3, "window": (0, 7)}
+    z = {name: reverse_process(gen, seeds, labels, labels, SampleSettings(**base, **kw), student, reference,
+                               candidates=cands)[0]
+         for name, kw in (("plain", {"lam": 0.0}), ("guided", {"lam": 0.3}),
+                          ("mixed", {"lam": 0.3, "unguided_candidates": 1}))}
+    first = torch.tensor(cands) == 0
+    torch.testing.assert_close(z["mixed"][first], z["plain"][first], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(z["mixed"][~first], z["guided"][~first], atol=1e-4, rtol=1e-4)
+    assert (z["guided"][~first] - z["plain"][~first]).abs().amax() > 0.05  # guidance moved the others
+    # rank selection (gate off) keeps the highest S of all three final images, the unguided one included
+    mixed = SampleSettings(**base, lam=0.3, unguided_candidates=1)
+    kept = sample_items(gen, items, mixed, list(range(10)), student=student, reference=reference)
+    with torch.no_grad():
+        score = score_images(quantize(gen.decode(z["mixed"])), labels, student, reference, 0.5, 8)[0].view(4, 3)
+    assert [k.candidate for k in kept] == score.argmax(dim=1).tolist()
+    table = samples_to_table(kept, StageParams([str(i) for i in range(10)], list(range(10)), 3, 0.3, 0.5, 0.0, 1)).to_pylist()
+    assert [r["lambda"] == 0.0 for r in table] == [r["candidate"] == 0 for r in table]
+
+
 def test_levers_off_keep_the_old_hash_and_are_refused_out_of_range():
     cfg = load_config(None)
     # every lever off: the hash the demo's config had before the levers, so outputs made then still resume
@@ -140,7 +176,8 @@ def test_levers_off_keep_the_old_hash_and_are_refused_out_of_range():
     assert cfg.distill.gate == 0.5 and cfg.hash() != "3f01a9cd1cd30abd"  # the gate is on by default
     for bad, field in (("distill.grad_space=latent", "distill.grad_space"), ("distill.views=0", "distill.views"),
                        ("distill.gate=1.0", "distill.gate"), ("distill.grad_blur=-1", "distill.grad_blur"),
-                       ("distill.prune_at=25", "distill.prune_at"), ("distill.prune_keep=3", "distill.prune_keep")):
+                       ("distill.prune_at=25", "distill.prune_at"), ("distill.prune_keep=3", "distill.prune_keep"),
+                       ("distill.unguided_candidates=3", "distill.unguided_candidates")):
         overrides = [bad] if "keep" not in bad else ["distill.prune_at=10", bad]
         with pytest.raises(UserError) as e:
             load_config(None, overrides)

@@ -371,6 +371,9 @@ def test_variants_cross_the_grid():
     assert load_sweep("jobs/sweep_photo_clip.yaml").trials == 8
     guidance = load_sweep("jobs/sweep_photo_guidance.yaml")  # selection alone vs LGD, seed for seed
     assert guidance.trials == 10
+    assert load_sweep("jobs/sweep_unguided_candidates.yaml").trials == 4
+    photo = load_sweep("jobs/sweep_photo_unguided_candidates.yaml")
+    assert photo.trials == 2 and trial_config(photo, {"seed": 0}, "unguided-1").distill.unguided_candidates == 1
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 

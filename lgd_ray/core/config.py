@@ -125,6 +125,10 @@ class DistillConfig:
     # candidates of highest S on x̂0 and only they finish; rank selection on the final images decides
     prune_at: int = -1
     prune_keep: int = 1
+    # unguided candidates: the first this many of each slot's κ candidates are sampled without guidance,
+    # so rank selection always has images the generator alone made (on the photo regions guidance could
+    # turn all κ of a slot into noise θ* rejects, and the gate's fallback then kept one of them); 0 = off
+    unguided_candidates: int = 0
 
 
 @dataclass
@@ -222,7 +226,8 @@ EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler"
                   "ray.train_failures", "ray.checkpoint_every",  # retries and checkpoints change no byte
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
-LEVERS_OFF = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1}
+LEVERS_OFF = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1,
+              "unguided_candidates": 0}
 GRAD_SPACES = ("xt", "x0")
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
@@ -469,6 +474,9 @@ def _validate_levers(d: DistillConfig, num_steps: int) -> None:
     if d.prune_at >= 0 and not 1 <= d.prune_keep < d.k:
         raise UserError("distill.prune_keep", f"must be in 1..{d.k - 1} (κ = {d.k}) when pruning, got {d.prune_keep}",
                         "keep fewer candidates than κ, e.g. 1, or set distill.prune_at=-1")
+    if not 0 <= d.unguided_candidates < d.k:
+        raise UserError("distill.unguided_candidates", f"must be in 0..{d.k - 1} (κ = {d.k}), got {d.unguided_candidates}",
+                        "leave at least one candidate guided, e.g. 1 (all κ unguided is rank selection: distill.lam=0)")
 
 
 def _validate_protocol(e: EvalConfig) -> None:

@@ -54,6 +54,7 @@ class SampleSettings:
     prune_at: int = -1  # step index (0 = cleanest) where each slot keeps its prune_keep best candidates; -1 = off
     prune_keep: int = 1
     clip_x0: bool = False  # pixel models: step with the ε of x̂0 clipped to [-1, 1] (config.GeneratorConfig)
+    unguided_candidates: int = 0  # candidates 0..n-1 of each slot follow the unguided trajectory
 
     def pruning(self) -> bool:
         return self.prune_at >= 0 and self.prune_keep < self.k
@@ -135,11 +136,12 @@ def denoise(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: 
 
 
 def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_labels: torch.Tensor, s: SampleSettings,
-                    student=None, reference=None, memory: dict[int, torch.Tensor] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    student=None, reference=None, memory: dict[int, torch.Tensor] | None = None,
+                    candidates: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, which rows of the batch they are). All rows, unless candidates are pruned: then
     the batch is whole slots of κ consecutive rows, and at step `prune_at` each slot keeps the
-    `prune_keep` candidates of highest S on x̂0 (first on ties) and drops the others' remaining steps."""
+    `prune_keep` candidates of highest S on x̂0 (first on ties) and drops the others' remaining steps.
+    `candidates`: each row's candidate index; rows below `s.unguided_candidates` take no guidance."""
     device = gen.device
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     # Noise is drawn on the CPU from each item's own generator: identical bytes on any device/batch.
@@ -151,6 +153,9 @@ def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_
     use_s = s.lam > 0 and student is not None and reference is not None
     use_d = s.gamma > 0 and bool(memory)
     prune = s.pruning() and student is not None and reference is not None
+    steer = None  # rows that take guidance; None = all
+    if s.unguided_candidates > 0 and candidates is not None:
+        steer = torch.tensor([c >= s.unguided_candidates for c in candidates], device=device)
     amp = autocast_context(device, s)
     for j, t in enumerate(timesteps):
         index = len(timesteps) - 1 - j
@@ -165,7 +170,9 @@ def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_
                 x0 = gen.x0(x, t, eps) if guided or (prune and index == s.prune_at) else None
         if guided:
             grad_d = deviation_grad(x0, labels, memory) if use_d else None
-            eps = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
+            steered = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
+            eps = steered if steer is None else torch.where(steer[rows.to(device)].view(-1, *[1] * (eps.dim() - 1)),
+                                                            steered, eps)
         # σ (DiT's v) is never guided: under learned range it sets the step's variance, ε̃ its mean
         with torch.no_grad():
             if s.clip_x0:
@@ -209,7 +216,8 @@ def sample_items(gen: Generator, items: list[WorkItem], s: SampleSettings, class
         part = pairs[b:b + bs]
         labels = torch.tensor([it.label for it, _ in part])
         gen_labels = torch.tensor([class_map[it.label] for it, _ in part])
-        z, rows = reverse_process(gen, seeds[b:b + bs], labels, gen_labels, s, student, reference, memory)
+        z, rows = reverse_process(gen, seeds[b:b + bs], labels, gen_labels, s, student, reference, memory,
+                                  candidates=[c for _, c in part])
         with torch.no_grad():
             img = quantize(gen.decode(z))
         sc, ls, lr = score_images(img, labels[rows].to(img.device), student, reference, s.omega, s.student_size)

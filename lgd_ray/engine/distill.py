@@ -92,12 +92,12 @@ def stage_settings(cfg: Config, stage: int) -> SampleSettings:
         # `auto` is resolved by each sampler actor on its own device (sampler_actors.resolve_precision)
         autocast=g.dtype == "bf16", vae_checkpointing=g.vae_checkpointing,
         grad_space=d.grad_space, views=d.views, grad_blur=d.grad_blur, gate=d.gate, prune_at=d.prune_at,
-        prune_keep=d.prune_keep, clip_x0=g.clip_x0,
+        prune_keep=d.prune_keep, clip_x0=g.clip_x0, unguided_candidates=d.unguided_candidates if guided else 0,
     )
 
 
 def stage_params(cfg: Config, run: RunInfo, s: SampleSettings) -> StageParams:
-    return StageParams(run.class_ids, run.class_map, s.k, s.lam, s.omega, s.gamma)
+    return StageParams(run.class_ids, run.class_map, s.k, s.lam, s.omega, s.gamma, s.unguided_candidates)
 
 
 def needs_student(cfg: Config) -> bool:

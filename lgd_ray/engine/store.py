@@ -149,6 +149,7 @@ class StageParams:
     lam: float
     omega: float
     gamma: float
+    unguided_candidates: int = 0  # candidates below this index were sampled without guidance: λ = γ = 0 in their rows
 
 
 def samples_to_table(samples: list[Sample], p: StageParams) -> pa.Table:
@@ -169,9 +170,10 @@ def samples_to_table(samples: list[Sample], p: StageParams) -> pa.Table:
         rows["student_loss"].append(s.student_loss)
         rows["reference_loss"].append(s.reference_loss)
         rows["latent"].append(np.ascontiguousarray(s.latent, dtype=np.float16).tobytes())
-        rows["lambda"].append(p.lam)
+        guided = s.candidate >= p.unguided_candidates  # each row records the guidance its image was made with
+        rows["lambda"].append(p.lam if guided else 0.0)
         rows["omega"].append(p.omega)
-        rows["gamma"].append(p.gamma)
+        rows["gamma"].append(p.gamma if guided else 0.0)
     shape = ",".join(str(d) for d in samples[0].latent.shape) if samples else ""
     schema = SCHEMA.with_metadata({"latent_shape": shape, "latent_dtype": "float16",
                                    "huggingface": json.dumps({"info": {"features": hf_features(p.class_ids)}})})
