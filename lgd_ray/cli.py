@@ -67,10 +67,15 @@ def cmd_photos(a: argparse.Namespace) -> int:
         raise UserError("--out", f"{out} is not empty", "give a new or empty folder")
     if a.size < 4:
         raise UserError("--size", f"must be >= 4 pixels, got {a.size}", "use e.g. 32 (the demo trains at 16)")
-    s = write_photo_regions(out, size=a.size)
+    if not 0 <= a.select_share < 0.75:
+        raise UserError("--select-share", f"must be in [0, 0.75), got {a.select_share}",
+                        "use e.g. 0.15 (the band of each region before its val part), or 0 for no select/ split")
+    s = write_photo_regions(out, size=a.size, select_share=a.select_share)
     preview(out, out / "preview.png")
-    print(f"{len(s['classes'])} classes ({', '.join(s['classes'])}) of {a.size} px crops in {out}/train and {out}/val; "
-          f"preview.png. Run: lgd-ray demo data.name=imagefolder data.root={out} data.image_size=16 --out runs/photos")
+    splits = "train, select and val" if a.select_share else "train and val"
+    select = " data.select_split=select" if a.select_share else ""
+    print(f"{len(s['classes'])} classes ({', '.join(s['classes'])}) of {a.size} px crops in {out}: {splits}; "
+          f"preview.png. Run: lgd-ray demo data.name=imagefolder data.root={out}{select} data.image_size=16 --out runs/photos")
     return 0
 
 
@@ -471,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "of regions (sky, roof tiles, petals, ...), as an ImageNet-layout folder")
     _out_arg(p)
     p.add_argument("--size", type=int, default=32, help="side of the stored crops in pixels")
+    p.add_argument("--select-share", type=float, default=0.15,
+                   help="a select/ split from this share of each region's longer side, between train and val, for "
+                   "data.select_split=select (0: train and val only, the layout before it)")
     p.set_defaults(func=cmd_photos)
 
     p = sub.add_parser("train-generator", help="train a small class-conditional diffusion model on the configured data")

@@ -78,6 +78,32 @@ def test_selection_split_carves_train_per_class_seeded_and_never_touches_test():
         load_config(None, ["data.select_fraction=0"])
 
 
+def test_a_selection_split_of_its_own_is_read_whole_and_train_is_then_used_whole(tmp_path):
+    """data.select_split names a split of the source (here lgd-ray photos' select/ band): "select" is it,
+    "train" all of data.train_split, "test" still data.val_split; unset, the carve from train as before,
+    with the config hash of outputs made before the key."""
+    from lgd_ray.apps.photos import write_photo_regions
+    from lgd_ray.core.config import load_config
+
+    write_photo_regions(tmp_path, size=8, train_per_class=4, val_per_class=2, select_per_class=3)
+    root = ["data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8"]
+    own = load_config(None, root + ["data.select_split=select"])
+    carved = load_config(None, root)
+    classes = data.image_folder_classes(str(tmp_path), "train")
+    parts = {p: data.materialize(data.load_part(own.data, p, classes)) for p in data.PARTS}
+    split = {s: data.materialize(data.load_source("imagefolder", str(tmp_path), s, classes, 8))
+             for s in ("train", "select", "val")}
+    assert torch.equal(parts["select"].images, split["select"].images) and len(parts["select"]) == 30
+    assert torch.equal(parts["train"].images, split["train"].images) and len(parts["train"]) == 40
+    assert torch.equal(parts["test"].images, split["val"].images)
+    assert len(data.load_part(carved.data, "train", classes)) == 30  # unset: 10% of 4 per class (one) carved from train
+    assert own.hash() != carved.hash()
+    assert carved.hash() == load_config(None, root + ["data.select_fraction=0.1"]).hash()
+    for bad in ("train", "val"):  # train itself, or the test split
+        with pytest.raises(UserError, match="data.select_split"):
+            load_config(None, root + [f"data.select_split={bad}"])
+
+
 def test_imageset_helpers():
     s = data.load_digits_split("val")
     sub = s.subset([0, 2, 4])

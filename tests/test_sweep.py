@@ -372,8 +372,9 @@ def test_variants_cross_the_grid():
     guidance = load_sweep("jobs/sweep_photo_guidance.yaml")  # selection alone vs LGD, seed for seed
     assert guidance.trials == 10
     assert load_sweep("jobs/sweep_unguided_candidates.yaml").trials == 4
-    photo = load_sweep("jobs/sweep_photo_unguided_candidates.yaml")
-    assert photo.trials == 2 and trial_config(photo, {"seed": 0}, "unguided-1").distill.unguided_candidates == 1
+    band = load_sweep("jobs/sweep_photo_select_band.yaml")  # the photos' choices on a select band of their own
+    assert band.trials == 12 and band.base.data.select_split == "select"
+    assert trial_config(band, {"seed": 0}, "unguided-1").distill.unguided_candidates == 1
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 

@@ -362,6 +362,14 @@ def _protocol(cfg: Config) -> str:
     return f"soft labels from {e.teacher} at T = {e.temperature}" if e.protocol == "soft" else "hard labels"
 
 
+def _selection_text(cfg: Config) -> str:
+    if cfg.data.select_split:
+        return (f"the split `{cfg.data.select_split}` of the source (`data.select_split`), read whole; θ*, random real "
+                f"and the full real set train on all of `data.train_split`")
+    return (f"{cfg.data.select_fraction:g} of each class of `data.train_split`, seeded, held out of θ*, of random real "
+            f"and of the full real set")
+
+
 def _report(cfg: Config, table: str, results: dict, uris: dict, full_epochs: int) -> str:
     d = cfg.distill
     red = "\n".join(f"| {name} | {100 * r['cross_increment_acc']:.1f} | {r['cross_increment_loss']:.3f} |"
@@ -380,8 +388,7 @@ Config hash {cfg.hash()}.
 
 Splits: every figure below is read on the **test split** (`data.val_split` = {cfg.data.val_split}), once, after
 every choice was made. θ_i's accuracy in each run's `metrics.jsonl`, a sweep's ASHA metric and its
-`best.yaml` read the **selection split**: {cfg.data.select_fraction:g} of each class of `data.train_split`, seeded,
-held out of θ*, of random real and of the full real set.
+`best.yaml` read the **selection split**: {_selection_text(cfg)}.
 
 {table}
 

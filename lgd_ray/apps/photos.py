@@ -12,6 +12,12 @@ petals from the heart). Train and val never share a pixel: each region is cut ac
 train crops lie wholly in the first 75% and val crops in the rest, so no val crop overlaps a train
 crop. Written as an ImageNet-layout folder (`root/train/<class>/*.png`, `root/val/<class>/*.png`),
 for `data.name=imagefolder data.root=DIR` like any user's folder.
+
+The selection split needs the same care. Carved at random from train, its crops overlap train crops
+and it measures how well a set fits the train part, not the shift to an unseen part that the test
+split measures (on this set it ranked LGD above rank selection alone; the test split, the other way
+round). So a band of each region between the train and val parts (`select_share` of its longer side)
+becomes a third split, `root/select/`, for `data.select_split=select`: as disjoint from train as val is.
 """
 
 from __future__ import annotations
@@ -34,17 +40,23 @@ REGIONS: dict[str, tuple[int, int, int, int, int]] = {
     "background": (1, 0, 0, 160, 300),
     "bud": (1, 295, 372, 460, 427),
 }
-TRAIN_SHARE = 0.75  # of each region's longer side
+TRAIN_SHARE = 0.75  # of each region's longer side: train (and select) before it, val after
+SELECT_SHARE = 0.15  # the select band, the last 15% before the val part: train keeps the first 60%
 CROP = (24, 48)  # crop side in pixels of the photograph, before the resize
+SPLIT_STREAM = {"train": 0, "val": 1, "select": 2}  # the seed rule's third word: val's crops do not move with select_share
 
 
-def _parts(box: tuple[int, int, int, int]) -> dict[str, tuple[int, int, int, int]]:
+def _parts(box: tuple[int, int, int, int], select_share: float = SELECT_SHARE) -> dict[str, tuple[int, int, int, int]]:
+    """The region cut across its longer side at 0 | 0.75 − select_share | 0.75 | 1: train, select, val
+    (no select part when select_share is 0)."""
     x0, y0, x1, y1 = box
-    if x1 - x0 >= y1 - y0:
-        cut = x0 + round(TRAIN_SHARE * (x1 - x0))
-        return {"train": (x0, y0, cut, y1), "val": (cut, y0, x1, y1)}
-    cut = y0 + round(TRAIN_SHARE * (y1 - y0))
-    return {"train": (x0, y0, x1, cut), "val": (x0, cut, x1, y1)}
+    wide = x1 - x0 >= y1 - y0
+    lo, hi = (x0, x1) if wide else (y0, y1)
+    cuts = [lo, lo + round((TRAIN_SHARE - select_share) * (hi - lo)), lo + round(TRAIN_SHARE * (hi - lo)), hi]
+    spans = {"train": (cuts[0], cuts[1]), "select": (cuts[1], cuts[2]), "val": (cuts[2], cuts[3])}
+    if select_share == 0:
+        del spans["select"]
+    return {k: (a, y0, b, y1) if wide else (x0, a, x1, b) for k, (a, b) in spans.items()}
 
 
 def crops(photo: np.ndarray, box: tuple[int, int, int, int], n: int, size: int, rng: np.random.Generator) -> list:
@@ -63,25 +75,29 @@ def crops(photo: np.ndarray, box: tuple[int, int, int, int], n: int, size: int, 
 
 
 def write_photo_regions(out: str | Path, *, size: int = 32, train_per_class: int = 150, val_per_class: int = 40,
-                        seed: int = 0) -> dict:
-    """Write the set into `out` (train/ and val/, one folder per class, PNGs); returns its summary.
-    Seed rule: class c's split s draws from np.random.default_rng([seed, c, s == "val"])."""
+                        select_per_class: int = 40, select_share: float = SELECT_SHARE, seed: int = 0) -> dict:
+    """Write the set into `out` (train/, select/ and val/, one folder per class, PNGs; no select/ when
+    select_share is 0, the layout before it); returns its summary.
+    Seed rule: class c's split s draws from np.random.default_rng([seed, c, SPLIT_STREAM[s]])."""
     from sklearn.datasets import load_sample_images
 
+    if not 0 <= select_share < TRAIN_SHARE:
+        raise ValueError(f"select_share must be in [0, {TRAIN_SHARE}), got {select_share}")
     photos = load_sample_images().images
     out = Path(out)
     counts = {}
+    sizes = {"train": train_per_class, "select": select_per_class, "val": val_per_class}
     for c, (name, (photo, *box)) in enumerate(REGIONS.items()):
-        for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for split, part in _parts(tuple(box), select_share).items():
             folder = out / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng([seed, c, int(split == "val")])
-            for i, img in enumerate(crops(photos[photo], _parts(tuple(box))[split], n, size, rng)):
+            rng = np.random.default_rng([seed, c, SPLIT_STREAM[split]])
+            for i, img in enumerate(crops(photos[photo], part, sizes[split], size, rng)):
                 img.save(folder / f"{name}_{i:04d}.png")
-            counts[f"{split}/{name}"] = n
+            counts[f"{split}/{name}"] = sizes[split]
     summary = {"source": "sklearn.datasets.load_sample_images (china.jpg, flower.jpg)", "size": size, "seed": seed,
                "classes": list(REGIONS), "regions": {k: list(v) for k, v in REGIONS.items()}, "train_share": TRAIN_SHARE,
-               "crop": list(CROP), "counts": counts}
+               "select_share": select_share, "crop": list(CROP), "counts": counts}
     (out / "photos.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -33,6 +33,10 @@ class DataConfig:
     # of each class of train_split, seeded, held out of every training: the selection split that θ_i's
     # accuracy, ASHA, best.yaml and every calibration read (core/data.py PARTS)
     select_fraction: float = 0.1
+    # or a split of its own (a folder `root/<select_split>/`, a Parquet sub-directory), read whole as the
+    # selection split, with train_split then used whole: for sets whose test split is a shift from train
+    # (the photo regions' disjoint parts), so the selection split is as far from train as the test split
+    select_split: str | None = None
 
 
 # Off by measurement (README "Memory of a guided step"): for DiT-XL/2 + sd-vae-ft-mse in bf16 it cuts
@@ -207,6 +211,8 @@ class Config:
             d["generator"].pop("convention")
         if self.generator.guidance_decoder is None:
             d["generator"].pop("guidance_decoder")
+        if self.data.select_split is None:  # the carve from train: outputs made before this key keep their hash
+            d["data"].pop("select_split")
         if not self.generator.clip_x0:
             d["generator"].pop("clip_x0")
         for name, off in LEVERS_OFF.items():  # off: outputs made before the levers keep their hash
@@ -407,6 +413,12 @@ def validate(cfg: Config) -> None:
     if not 0 < cfg.data.select_fraction < 1:
         raise UserError("data.select_fraction", f"must be in (0, 1), got {cfg.data.select_fraction}",
                         "use e.g. 0.1: a tenth of each class of the train split is held out for selection")
+    sel = cfg.data.select_split
+    if sel is not None and (not isinstance(sel, str) or not sel or sel in (cfg.data.train_split, cfg.data.val_split)):
+        raise UserError("data.select_split", f"must name a split other than train ({cfg.data.train_split!r}) and "
+                        f"test ({cfg.data.val_split!r}), got {sel!r}",
+                        "use the folder of held-out selection images, e.g. select (lgd-ray photos writes one), "
+                        "or leave it unset to carve data.select_fraction from train")
     if not cfg.eval.seeds:
         raise UserError("eval.seeds", "no seeds", "give at least one, e.g. [0, 1, 2]")
     _validate_protocol(cfg.eval)

@@ -572,11 +572,14 @@ def selection_split(labels: torch.Tensor | Sequence[int], fraction: float, num_c
 
 def load_part(data_cfg, part: str, class_ids: Sequence[str]) -> Dataset:
     """One of PARTS of the configured source: "train" = data.train_split less the selection split,
-    "select" = data.select_fraction of each class of data.train_split, "test" = data.val_split."""
+    "select" = data.select_fraction of each class of data.train_split, "test" = data.val_split. With
+    data.select_split set, "select" is that split whole and "train" all of data.train_split."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     if part == "test":
         return load_split(data_cfg, data_cfg.val_split, class_ids)
+    if data_cfg.select_split:
+        return load_split(data_cfg, data_cfg.train_split if part == "train" else data_cfg.select_split, class_ids)
     full = load_split(data_cfg, data_cfg.train_split, class_ids)
     train, select = selection_split(full.labels, data_cfg.select_fraction, len(class_ids))
     return full.subset(train if part == "train" else select)
