@@ -30,30 +30,33 @@ def cmd_train_generator(a: argparse.Namespace) -> int:
 
     from .core.config import load_config
     from .core.data import digits_hash, load_split, materialize
-    from .core.train_generator import (
-        GeneratorTrainSettings,
-        flips_by_default,
-        train_generator,
-    )
-    from .engine.run import resolve_classes_only
+    from .core.train_generator import GeneratorTrainSettings, flips_by_default
+    from .engine.generator_job import run_generator_training, write_folder
+    from .engine.run import init_ray, resolve_classes_only
 
     cfg = load_config(*split_config(a))
     _check_out(a)
+    for flag, folder in (("--out", a.out), ("--last-iterate", a.last_iterate)):
+        if folder is not None and Path(folder).is_dir() and any(Path(folder).iterdir()):
+            raise UserError(flag, f"{folder} is not empty", "give a new or empty folder for the generator")
     class_ids = resolve_classes_only(cfg)
     data = load_split(cfg.data, cfg.data.train_split, class_ids)
     data = materialize(data, progress=True)
     flip = flips_by_default(cfg.data.name) if a.flip is None else a.flip
     s = GeneratorTrainSettings(arch=a.arch, steps=a.steps, batch_size=a.batch_size, lr=a.lr, ema=a.ema, flip=flip,
                                max_minutes=a.max_minutes, seed=cfg.seed)
+    s.validate()  # before Ray starts
     meta = {"data": {"name": cfg.data.name, "root": cfg.data.root, "images": len(data),
                      "sha256": digits_hash() if cfg.data.name == "digits" else None}}
-    import torch
-
-    gen = train_generator(data, s, device="cuda" if torch.cuda.is_available() else "cpu", extra_meta=meta,
-                          last_iterate_path=a.last_iterate)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    gen.save_pretrained(a.out)
-    print(f"generator saved to {a.out} ({gen.info.extra['train']['steps_done']} steps)")
+    init_ray()
+    done = run_generator_training(data, s, gpus=cfg.ray.task_gpus(), progress=True, extra_meta=meta,
+                                  keep_last=a.last_iterate is not None)
+    write_folder(done["files"], Path(a.out))
+    if a.last_iterate is not None:
+        write_folder(done["last_files"], Path(a.last_iterate))
+    where = done["placement"]
+    print(f"generator saved to {a.out} ({done['train']['steps_done']} steps on {where['device']}, "
+          f"{where['gpus']:g} GPU)")
     return 0
 
 

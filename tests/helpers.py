@@ -168,6 +168,11 @@ def descendants(*roots: int, table: dict[int, int] | None = None) -> set[int]:
     return found
 
 
+def raylet_pid(ray_session) -> int:
+    """The raylet of this test run's private Ray session: the root below which a test may kill."""
+    return ray_session._private.worker._global_node.all_processes["raylet"][0].process.pid
+
+
 def titled(root: int, title: str) -> list[int]:
     """The processes below `root` whose title (Ray's `ray::Class.method`) starts with `title`."""
     pids = []

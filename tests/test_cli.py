@@ -159,3 +159,21 @@ def test_distill_states_its_size_before_it_starts(tmp_path, capsys, no_ray):
     assert ("plan: (20 seed images + 4 stages × 20 images × 100,000,000 candidates) × 25 steps = "
             "200,000,000,500 image-steps (128,000,000,000 guided) for 100 images, in 15 chunks over 2 samplers") in err
     assert not out.exists()
+
+
+def test_train_generator_refuses_bad_settings_and_a_full_folder_before_ray(tmp_path, capsys, no_ray):
+    """Its training runs as a Ray task, whose errors would not be one line: every check comes first."""
+    out = tmp_path / "gen"
+    assert "must be >= 3" in _refused(["train-generator", "--steps", "2", "--out", str(out)],
+                                      "train-generator --steps", capsys)
+    assert "[0, 1)" in _refused(["train-generator", "--ema", "1", "--out", str(out)], "train-generator --ema", capsys)
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("mine")
+    assert "not empty" in _refused(["train-generator", "--steps", "3", "--out", str(out)], "--out", capsys)
+    last = tmp_path / "last"
+    last.mkdir()
+    (last / "x").write_text("x")
+    assert "not empty" in _refused(["train-generator", "--out", str(tmp_path / "new"), "--last-iterate", str(last)],
+                                   "--last-iterate", capsys)
+    assert (out / "mine.txt").read_text() == "mine" and not (tmp_path / "new").exists()

@@ -22,11 +22,7 @@ import torch
 from lgd_ray.core.config import load_config
 from lgd_ray.engine.store import OutputDir, load_weights
 
-from helpers import parts_and_manifests, tiny_overrides, titled
-
-
-def raylet_pid(ray_session) -> int:
-    return ray_session._private.worker._global_node.all_processes["raylet"][0].process.pid
+from helpers import parts_and_manifests, raylet_pid, tiny_overrides, titled
 
 
 class Saboteur(threading.Thread):

@@ -72,7 +72,7 @@ def test_only_an_imagenet_generator_asks_for_wnids(tmp_path, capsys, monkeypatch
     assert run.class_map == [wnids.index("n01440764"), wnids.index("n02102040")]
 
 
-def test_demo_prints_the_generator_training_estimate_even_when_quiet(tmp_path, capsys, monkeypatch):
+def test_demo_prints_the_generator_training_estimate_even_when_quiet(ray_session, tmp_path, capsys, monkeypatch):
     import functools
 
     import lgd_ray.core.train_generator as tg

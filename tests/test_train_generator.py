@@ -60,7 +60,7 @@ def test_ema_zero_saves_the_last_iterate(monkeypatch):
     assert gen.info.extra["train"]["ema"] == 0.0 and gen.info.extra["train"]["steps_done"] == 3
 
 
-def test_folders_are_flipped_and_digits_are_not(tmp_path):
+def test_folders_are_flipped_and_digits_are_not(ray_session, tmp_path):
     root = write_class_folder(tmp_path / "data", ("n01440764", "n02102040"), (6, 2))
     for name, data in (("digits", ["data.name=digits"]), ("folder", ["data.name=imagefolder", f"data.root={root}"])):
         out = tmp_path / name

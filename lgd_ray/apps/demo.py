@@ -67,16 +67,17 @@ CURVE_SEEDS = 2  # eval seeds of the accuracy-per-stage curve's points before th
 PROBE_STEPS = 5  # training steps timed to estimate the generator's training time before it starts
 
 
-def generator_step_seconds(data, settings, device: str) -> float:
-    """Seconds per training step of the generator on this machine, from a short timed probe (the first
-    step's warm-up included, so the estimate errs long)."""
+def generator_step_seconds(data, settings, gpus: float) -> tuple[float, str]:
+    """Seconds per training step of the generator where it will train (a short timed probe in the same
+    kind of Ray task, the first step's warm-up included, so the estimate errs long), and that device."""
     from dataclasses import replace
 
-    from ..core.train_generator import train_generator
+    from ..engine.generator_job import run_generator_training
 
-    probe = train_generator(data, replace(settings, steps=PROBE_STEPS, max_minutes=None), device=device, progress=False)
-    info = probe.info.extra["train"]
-    return float(info["seconds"]) / max(1, int(info["steps_done"]))
+    probe = run_generator_training(data, replace(settings, steps=PROBE_STEPS, max_minutes=None), gpus=gpus,
+                                   progress=False, save=False)
+    info = probe["train"]
+    return float(info["seconds"]) / max(1, int(info["steps_done"])), probe["placement"]["device"]
 
 
 def duration(seconds: float) -> str:
@@ -95,11 +96,8 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minu
     estimate is printed before it starts, `--quiet` or not, with the two ways to shorten it."""
     if cfg.data.name == "digits" or cfg.generator.path != "builtin:digits":
         return cfg
-    from ..core.train_generator import (
-        GeneratorTrainSettings,
-        flips_by_default,
-        train_generator,
-    )
+    from ..core.train_generator import GeneratorTrainSettings, flips_by_default
+    from ..engine.generator_job import run_generator_training, write_folder
 
     if steps < 3:
         raise UserError("--generator-steps", f"must be >= 3, got {steps}", "give e.g. --generator-steps 1000")
@@ -109,19 +107,19 @@ def ensure_generator(cfg: Config, out_uri: str, steps: int, progress: bool, minu
     if not (Path(path) / "lgd_ray.json").is_file():
         class_ids = resolve_classes_only(cfg)
         data = materialize(load_part(cfg.data, "train", class_ids), progress=progress)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
         settings = GeneratorTrainSettings(steps=steps, seed=cfg.seed, max_minutes=minutes,
                                           flip=flips_by_default(cfg.data.name))
-        per_step = generator_step_seconds(data, settings, device)
+        gpus = cfg.ray.task_gpus()
+        per_step, device = generator_step_seconds(data, settings, gpus)
         total = steps * per_step if minutes is None else min(steps * per_step, 60 * minutes)
         budget = "" if minutes is None or 60 * minutes >= steps * per_step else \
             f", stopped by --generator-minutes {minutes:g} after about {int(60 * minutes / per_step)} steps"
         log(True, f"training a generator on {cfg.data.root} first ({len(data)} images, {len(class_ids)} classes, "
                   f"{data.image_size} px, {steps} steps at {per_step:.2f} s/step on {device}{budget}): about "
                   f"{duration(total)}; --generator-steps N or --generator-minutes M shortens it")
-        gen = train_generator(data, settings, progress=progress, device=device,
-                              extra_meta={"data": {"name": cfg.data.name, "root": cfg.data.root}})
-        gen.save_pretrained(path)
+        done = run_generator_training(data, settings, gpus=gpus, progress=progress,
+                                      extra_meta={"data": {"name": cfg.data.name, "root": cfg.data.root}})
+        write_folder(done["files"], path)
     c = copy.deepcopy(cfg)
     c.generator.path = path
     return c

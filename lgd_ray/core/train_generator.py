@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,19 +36,26 @@ class GeneratorTrainSettings:
     max_minutes: float | None = None  # stop early at a wall-clock budget (CPU laptops)
     seed: int = 0
 
+    def validate(self) -> None:
+        """One line on the first bad field (before a Ray task starts, whose errors would not be one line)."""
+        if self.steps < 3:
+            raise UserError("train-generator --steps", f"must be >= 3, got {self.steps}", "train for more steps")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError("train-generator --ema", f"must be in [0, 1), got {self.ema}",
+                            "give e.g. --ema 0.999, or 0 for none")
+
 
 def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = "cpu", progress: bool = True,
-                    extra_meta: dict | None = None, last_iterate_path: str | None = None) -> Generator:
+                    extra_meta: dict | None = None, last_iterate_path: str | None = None,
+                    on_step: Callable[[int], None] | None = None) -> Generator:
     """The trained generator (its EMA weights when `s.ema` > 0). `last_iterate_path`: also save the last
-    iterate there, as DiT's checkpoints keep both, so one run measures what the EMA adds."""
+    iterate there, as DiT's checkpoints keep both, so one run measures what the EMA adds. `on_step(n)`:
+    called after each of the n steps done (a Ray task reports its progress to the driver with it)."""
+    s.validate()
     gen = create_generator(s.arch, data.num_classes, data.image_size, data.in_channels,
                            class_ids=list(data.class_ids), seed=s.seed).to(device)
     model = gen.denoiser.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
-    if s.steps < 3:
-        raise UserError("train-generator --steps", f"must be >= 3, got {s.steps}", "train for more steps")
-    if not 0.0 <= s.ema < 1.0:
-        raise UserError("train-generator --ema", f"must be in [0, 1), got {s.ema}", "give e.g. --ema 0.999, or 0 for none")
     ema = copy.deepcopy(model).requires_grad_(False) if s.ema > 0 else None
     # 5% warm-up, but at least two steps (OneCycle divides by the warm-up length)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=s.steps, pct_start=max(0.05, 2 / s.steps))
@@ -87,6 +95,8 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
         if ema is not None:
             update_ema(ema, model, min(s.ema, (1 + step) / (10 + step)))
         done = step + 1
+        if on_step is not None:
+            on_step(done)
         if bar is not None and step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if s.max_minutes is not None and time.time() - start > 60 * s.max_minutes:

@@ -61,8 +61,9 @@ def load_teacher(e: EvalConfig, class_ids: Sequence[str], image_size: int, in_ch
                                    in_channels=in_channels, source=name)
 
 
-def _device() -> str:
-    # Inside a task Ray hides every GPU it did not assign (CUDA_VISIBLE_DEVICES), so this is the task's own.
+def task_device() -> str:
+    """The device a task trains on: inside a task Ray hides every GPU it did not assign
+    (CUDA_VISIBLE_DEVICES), so a visible GPU is the task's own."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -70,7 +71,7 @@ def placement() -> dict:
     """Where this task ran: the device torch used and the resources Ray assigned (recorded in every
     report, so a CPU-only evaluation on a GPU cluster shows)."""
     assigned = ray.get_runtime_context().get_assigned_resources()
-    return {"device": _device(), "gpus": float(assigned.get("GPU", 0.0)), "cpus": float(assigned.get("CPU", 0.0))}
+    return {"device": task_device(), "gpus": float(assigned.get("GPU", 0.0)), "cpus": float(assigned.get("CPU", 0.0))}
 
 
 def placements(results) -> dict:
@@ -84,7 +85,7 @@ def _seed_task(train_set: ImageSet, val_set: ImageSet, settings: EvalConfig, see
                teacher: torch.nn.Module | None) -> dict:
     torch.set_num_threads(1)
     return {**evaluate_seed(train_set, val_set, settings, seed, num_classes=num_classes, image_size=val_set.image_size,
-                            in_channels=val_set.in_channels, device=_device(), teacher=teacher),
+                            in_channels=val_set.in_channels, device=task_device(), teacher=teacher),
             "placement": placement()}
 
 
@@ -142,7 +143,7 @@ def increment_task(increments: list[ImageSet], train_index: int, settings: EvalC
     torch.set_num_threads(1)
     first = increments[0]
     return {**train_on_increment_and_test(increments[train_index], increments, settings, seed, num_classes=num_classes,
-                                          image_size=first.image_size, in_channels=first.in_channels, device=_device()),
+                                          image_size=first.image_size, in_channels=first.in_channels, device=task_device()),
             "placement": placement()}
 
 
@@ -153,7 +154,7 @@ def cartography_task(data: ImageSet, stage: np.ndarray, settings: EvalConfig, se
                                 seed=seed, field="eval.arch")
     train_settings = TrainSettings.from_section(settings, seed, epochs)
     train_settings.validate("eval")
-    return {**cartography(factory, data, train_settings, device=_device(), stage=stage), "placement": placement()}
+    return {**cartography(factory, data, train_settings, device=task_device(), stage=stage), "placement": placement()}
 
 
 def evaluate_on_selection(cfg, out_uri: str, *, progress: bool = False) -> dict:
