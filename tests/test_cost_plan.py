@@ -69,6 +69,15 @@ def test_guided_cost_only_on_window_steps():
     assert unguided.stages[1].sample_gpu_s == pytest.approx(10_000 * 3 * 50 * f.image_step_s)
 
 
+def test_time_travel_repeats_only_the_guided_steps():
+    f = NO_OVERHEAD
+    off, twice = plan(), plan("distill.time_travel=1")
+    for a, b in zip(off.stages, twice.stages):
+        extra = a.slots * a.candidates * a.guided_steps * f.guided_ratio * f.image_step_s  # one more pass each
+        assert b.sample_gpu_s == pytest.approx(a.sample_gpu_s + extra)
+    assert twice.stages[0].sample_gpu_s == off.stages[0].sample_gpu_s  # stage 0 is unguided
+
+
 def test_sampling_wall_inverse_in_gpus_up_to_chunk_granularity():
     p = plan()
     s = p.stages[1]

@@ -1,7 +1,7 @@
 """The levers against adversarial guidance and the FLOP cuts: each one's math, and that "off" is exact LGD.
 
 x̂0-space gradient (no denoiser backward), expectation over shifted views, a low-pass ∇S, the validity
-gate in rank selection, candidate pruning partway through the trajectory.
+gate in rank selection, candidate pruning partway through the trajectory, time travel.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from lgd_ray.core.config import load_config
 from lgd_ray.core.errors import UserError
 from lgd_ray.core.generator import load_generator
-from lgd_ray.core.guidance import blur, select_best, shifted_views
+from lgd_ray.core.guidance import blur, renoise, select_best, shifted_views
 from lgd_ray.core.sampler import (
     SampleSettings,
     quantize,
@@ -44,7 +44,7 @@ def _scores(gen, models, **kw) -> torch.Tensor:
                                                        student=student, reference=reference)])
 
 
-@pytest.mark.parametrize("lever", [{"grad_space": "x0"}, {"views": 4}, {"grad_blur": 0.7}])
+@pytest.mark.parametrize("lever", [{"grad_space": "x0"}, {"views": 4}, {"grad_blur": 0.7}, {"time_travel": 1}])
 def test_each_lever_still_raises_learnability_with_the_same_seeds(gen, models, lever):
     unguided = _scores(gen, models, lam=0.0)
     guided = _scores(gen, models, lam=0.2, **lever)
@@ -169,6 +169,57 @@ def test_unguided_candidates_follow_the_unguided_trajectory_and_compete_with_the
     assert [r["lambda"] == 0.0 for r in table] == [r["candidate"] == 0 for r in table]
 
 
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_time_travel_goes_back_to_the_timestep_the_step_left(kind):
+    """alpha_bar_after(j) is the ᾱ the scheduler's step j lands on (DDIM with the exact ε lands on
+    √ᾱ' x0 + √(1−ᾱ') ε), and renoise takes a sample with that marginal back to ᾱ_t's: mean √ᾱ_t x0,
+    variance 1 − ᾱ_t, whatever the step."""
+    g = load_generator("builtin:digits")
+    g.set_scheduler(kind, 8)
+    x0 = torch.rand(1, *g.latent_shape) * 2 - 1
+    for j, t in enumerate(g.scheduler.timesteps):
+        ab_t, ab_prev = g.alpha_bar(t), g.alpha_bar_after(j)
+        assert ab_prev > ab_t
+        if kind == "ddpm":  # DDPM names the timestep it lands on
+            prev = int(g.scheduler.previous_timestep(t))
+            assert ab_prev == (g.alpha_bar(prev) if prev >= 0 else 1.0)
+        if kind == "ddim":
+            eps = torch.randn(1, *g.latent_shape)
+            x_prev = g.step(eps, None, t, ab_t.sqrt() * x0 + (1 - ab_t).sqrt() * eps)
+            torch.testing.assert_close(x_prev, ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps, atol=1e-4, rtol=1e-4)
+        n = 20_000
+        x_prev = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * torch.randn(n, *g.latent_shape)
+        back = renoise(x_prev, ab_t, ab_prev, torch.randn(n, *g.latent_shape))
+        torch.testing.assert_close(back.mean(0), ab_t.sqrt() * x0[0], atol=0.04, rtol=0)
+        assert abs(float(back.var(0).mean()) - float(1 - ab_t)) < 0.02
+
+
+def test_time_travel_redoes_only_guided_steps_of_guided_rows_and_keeps_the_seed_rule(gen, models):
+    """Without guidance (λ = 0) time travel changes nothing; with it the guided rows move and the
+    unguided candidates stay bit for bit the unguided trajectory; its noise is each candidate's own, so
+    a batch of one gives the bytes of a batch of all."""
+    student, reference = models
+    items = stage_items(1, 10, 1)[:3]
+    seeds = [item_seed(0, it.stage, it.label, it.slot, c) for it in items for c in range(2)]
+    labels = torch.tensor([it.label for it in items for _ in range(2)])
+    cands = [c for _ in items for c in range(2)]
+    base = {"num_steps": 8, "k": 2, "window": (2, 6)}
+
+    def run(rows=slice(None), **kw):
+        return reverse_process(gen, seeds[rows], labels[rows], labels[rows], SampleSettings(**base, **kw), student,
+                               reference, candidates=cands[rows])[0]
+
+    assert torch.equal(run(lam=0.0, time_travel=2), run(lam=0.0))
+    guided, travelled = run(lam=0.3), run(lam=0.3, time_travel=1)
+    assert (travelled - guided).abs().amax() > 0.05
+    mixed = run(lam=0.3, time_travel=1, unguided_candidates=1)
+    first = torch.tensor(cands) == 0
+    torch.testing.assert_close(mixed[first], run(lam=0.0)[first], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mixed[~first], travelled[~first], atol=1e-4, rtol=1e-4)
+    one = run(slice(3, 4), lam=0.3, time_travel=1)
+    torch.testing.assert_close(one, travelled[3:4], atol=1e-4, rtol=1e-4)
+
+
 def test_levers_off_keep_the_old_hash_and_are_refused_out_of_range():
     cfg = load_config(None)
     # every lever off: the hash the demo's config had before the levers, so outputs made then still resume
@@ -177,7 +228,8 @@ def test_levers_off_keep_the_old_hash_and_are_refused_out_of_range():
     for bad, field in (("distill.grad_space=latent", "distill.grad_space"), ("distill.views=0", "distill.views"),
                        ("distill.gate=1.0", "distill.gate"), ("distill.grad_blur=-1", "distill.grad_blur"),
                        ("distill.prune_at=25", "distill.prune_at"), ("distill.prune_keep=3", "distill.prune_keep"),
-                       ("distill.unguided_candidates=3", "distill.unguided_candidates")):
+                       ("distill.unguided_candidates=3", "distill.unguided_candidates"),
+                       ("distill.time_travel=-1", "distill.time_travel")):
         overrides = [bad] if "keep" not in bad else ["distill.prune_at=10", bad]
         with pytest.raises(UserError) as e:
             load_config(None, overrides)

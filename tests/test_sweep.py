@@ -375,6 +375,11 @@ def test_variants_cross_the_grid():
     band = load_sweep("jobs/sweep_photo_select_band.yaml")  # the photos' choices on a select band of their own
     assert band.trials == 12 and band.base.data.select_split == "select"
     assert trial_config(band, {"seed": 0}, "unguided-1").distill.unguided_candidates == 1
+    travel = load_sweep("jobs/sweep_time_travel.yaml")
+    assert travel.trials == 8
+    assert (trial_config(travel, {"seed": 0}, "time-travel-exact").distill.gate,
+            trial_config(travel, {"seed": 0}, "time-travel").distill.time_travel) == (0.0, 1)
+    assert load_sweep("jobs/sweep_photo_time_travel.yaml").trials == 12
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 

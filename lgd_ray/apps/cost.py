@@ -258,6 +258,7 @@ def make_plan(cfg: Config, figures: Figures = ASSUMED_H100_DIT_XL) -> RunPlan:
             guided, unguided = gb, g.num_steps - d.prune_at - gb
             g_steps = k * gb + d.prune_keep * ga
             u_steps = k * unguided + d.prune_keep * (d.prune_at - ga)
+        g_steps *= 1 + (d.time_travel if stage > 0 and d.lam > 0 else 0)  # each repeat is one more guided step
         sample = 0.0 if stage == 0 and d.seed_source else slots * (u_steps + g_steps * ratio) * step_s
         kept += slots
         train_images = kept if stage < d.stages else 0

@@ -133,6 +133,10 @@ class DistillConfig:
     # so rank selection always has images the generator alone made (on the photo regions guidance could
     # turn all κ of a slot into noise θ* rejects, and the gate's fallback then kept one of them); 0 = off
     unguided_candidates: int = 0
+    # time travel (Universal Guidance's self-recurrence): each guided step is redone this many times, each
+    # from its own result re-noised back to t with fresh seeded noise, so the denoiser can pull back toward
+    # its data what the gradient moved off it; each repeat costs one more guided step; 0 = off
+    time_travel: int = 0
 
 
 @dataclass
@@ -233,7 +237,7 @@ EXECUTION_KEYS = ("ray.samplers", "ray.cpus_per_sampler", "ray.gpus_per_sampler"
                   "generator.vae_checkpointing")
 SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 LEVERS_OFF = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1,
-              "unguided_candidates": 0}
+              "unguided_candidates": 0, "time_travel": 0}
 GRAD_SPACES = ("xt", "x0")
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
@@ -489,6 +493,10 @@ def _validate_levers(d: DistillConfig, num_steps: int) -> None:
     if not 0 <= d.unguided_candidates < d.k:
         raise UserError("distill.unguided_candidates", f"must be in 0..{d.k - 1} (κ = {d.k}), got {d.unguided_candidates}",
                         "leave at least one candidate guided, e.g. 1 (all κ unguided is rank selection: distill.lam=0)")
+
+    if not 0 <= d.time_travel <= 10:
+        raise UserError("distill.time_travel", f"must be in 0..10, got {d.time_travel}",
+                        "use 0 for none, e.g. 1: each guided step is taken twice")
 
 
 def _validate_protocol(e: EvalConfig) -> None:

@@ -177,6 +177,16 @@ class Generator:
     def alpha_bar(self, t: int | torch.Tensor) -> torch.Tensor:
         return self.scheduler.alphas_cumprod[int(t)].float()
 
+    def alpha_bar_after(self, step: int) -> torch.Tensor:
+        """ᾱ of the timestep that sampling step `step` (a position in scheduler.timesteps, 0 = noisiest)
+        lands on: the next timestep's, and after the last one the scheduler's final ᾱ (DDIM's
+        final_alpha_cumprod; 1 for DDPM)."""
+        timesteps = self.scheduler.timesteps
+        if step + 1 < len(timesteps):
+            return self.alpha_bar(timesteps[step + 1])
+        final = getattr(self.scheduler, "final_alpha_cumprod", None)
+        return torch.as_tensor(1.0 if final is None else final).float()
+
     def x0(self, x_t: torch.Tensor, t: int | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Clean-sample prediction x̂0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t (ε-parameterisation)."""
         ab = self.alpha_bar(t).to(x_t.device)

@@ -49,6 +49,14 @@ def guided_eps(eps: torch.Tensor, alpha_bar: torch.Tensor, *, grad_s: torch.Tens
     return out
 
 
+def renoise(x_prev: torch.Tensor, alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor,
+            noise: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x_{t-1}) = N(√(ᾱ_t/ᾱ_{t-1}) x_{t-1}, (1 − ᾱ_t/ᾱ_{t-1}) I): one step back up the
+    forward process, so a sample at t−1 with ᾱ_{t-1}'s marginal has ᾱ_t's again (time travel)."""
+    ratio = (alpha_bar_t / alpha_bar_prev).to(x_prev.device)
+    return ratio.sqrt() * x_prev + (1 - ratio).clamp_min(0).sqrt() * noise
+
+
 def in_window(step_index: int, window: tuple[int, int] | list[int]) -> bool:
     """Is this step (0 = cleanest) inside the inclusive guidance window [lo, hi]?"""
     return window[0] <= step_index <= window[1]

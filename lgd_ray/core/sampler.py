@@ -22,10 +22,11 @@ from .guidance import (
     guided_eps,
     in_window,
     learnability_score,
+    renoise,
     select_best,
     shifted_views,
 )
-from .work import WorkItem, item_seed
+from .work import WorkItem, derived_seed, item_seed
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; a Train worker needs none of it
     from .generator import Generator
@@ -55,6 +56,7 @@ class SampleSettings:
     prune_keep: int = 1
     clip_x0: bool = False  # pixel models: step with the ε of x̂0 clipped to [-1, 1] (config.GeneratorConfig)
     unguided_candidates: int = 0  # candidates 0..n-1 of each slot follow the unguided trajectory
+    time_travel: int = 0  # each guided step is redone this many times from its result re-noised back to t
 
     def pruning(self) -> bool:
         return self.prune_at >= 0 and self.prune_keep < self.k
@@ -157,27 +159,52 @@ def reverse_process(gen: Generator, seeds: list[int], labels: torch.Tensor, gen_
     if s.unguided_candidates > 0 and candidates is not None:
         steer = torch.tensor([c >= s.unguided_candidates for c in candidates], device=device)
     amp = autocast_context(device, s)
-    for j, t in enumerate(timesteps):
-        index = len(timesteps) - 1 - j
-        guided = in_window(index, s.window) and (use_s or use_d)
-        live = [seeds[int(r)] for r in rows]
+    # time travel draws its re-noising from a stream of each candidate's own, so the scheduler's
+    # per-sample stream (DDPM's noise) is consumed as without it
+    travel = [torch.Generator().manual_seed(derived_seed(seed, "time-travel")) for seed in seeds] if s.time_travel else []
+
+    def step_eps(x: torch.Tensor, t, j: int, guided: bool, rows: torch.Tensor):
+        """(ε̃, σ, x̂0) at x_t: ε̂, then guidance on the rows that take it."""
         if guided and use_s:
+            live = [seeds[int(r)] for r in rows]
             eps, sigma, x0, grad_s = guided_step(gen, x, t, labels, gen_labels, s, student, reference, seeds=live, step=j)
         else:
             grad_s = None
             with torch.no_grad(), amp:
                 eps, sigma = gen.split(gen.model_output(x, t, gen_labels, s.cfg_scale))
-                x0 = gen.x0(x, t, eps) if guided or (prune and index == s.prune_at) else None
+                x0 = gen.x0(x, t, eps) if guided or (prune and len(timesteps) - 1 - j == s.prune_at) else None
         if guided:
             grad_d = deviation_grad(x0, labels, memory) if use_d else None
             steered = guided_eps(eps, gen.alpha_bar(t).to(device), grad_s=grad_s, lam=s.lam, grad_d=grad_d, gamma=s.gamma)
-            eps = steered if steer is None else torch.where(steer[rows.to(device)].view(-1, *[1] * (eps.dim() - 1)),
-                                                            steered, eps)
+            eps = steered if steer is None else torch.where(steering(rows), steered, eps)
+        return eps, sigma, x0
+
+    def steering(rows: torch.Tensor) -> torch.Tensor:
+        return steer[rows.to(device)].view(-1, *[1] * len(gen.latent_shape))
+
+    def advance(x: torch.Tensor, t, eps: torch.Tensor, sigma, generators: list[torch.Generator]) -> torch.Tensor:
         # σ (DiT's v) is never guided: under learned range it sets the step's variance, ε̃ its mean
         with torch.no_grad():
             if s.clip_x0:
                 eps = gen.eps_of(x, t, gen.x0(x, t, eps).clamp(-1, 1))
-            x = gen.step(eps, sigma, t, x, [gens[int(r)] for r in rows])
+            return gen.step(eps, sigma, t, x, generators)
+
+    for j, t in enumerate(timesteps):
+        index = len(timesteps) - 1 - j
+        guided = in_window(index, s.window) and (use_s or use_d)
+        eps, sigma, x0 = step_eps(x, t, j, guided, rows)
+        x_prev = advance(x, t, eps, sigma, [gens[int(r)] for r in rows])
+        # Time travel (Universal Guidance's self-recurrence): re-noise x_{t-1} back to t and take the
+        # guided step again from there, so the denoiser can pull what guidance moved back toward its
+        # data; unguided steps and unguided rows keep their first pass.
+        for _ in range(s.time_travel if guided else 0):
+            ab_t, ab_prev = gen.alpha_bar(t), gen.alpha_bar_after(j)
+            noise = torch.stack([torch.randn(gen.latent_shape, generator=travel[int(r)]) for r in rows]).to(device)
+            x_t = renoise(x_prev, ab_t, ab_prev, noise)
+            eps, sigma, x0 = step_eps(x_t, t, j, guided, rows)
+            again = advance(x_t, t, eps, sigma, [travel[int(r)] for r in rows])
+            x_prev = again if steer is None else torch.where(steering(rows), again, x_prev)
+        x = x_prev
         if prune and index == s.prune_at:
             keep = _prune(gen, x0, labels, s, student, reference)
             x, labels, gen_labels, rows = x[keep], labels[keep], gen_labels[keep], rows[keep.cpu()]

@@ -24,6 +24,13 @@ def item_seed(run_seed: int, stage: int, label: int, slot: int, candidate: int) 
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
 
 
+def derived_seed(seed: int, purpose: str) -> int:
+    """A second, uncorrelated 63-bit seed of one candidate for a separate noise stream (e.g. time travel),
+    so drawing from it leaves the candidate's own stream, and so every other image, unchanged."""
+    key = f"lgd:{purpose}:{seed}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
 def stage_ipc(stage: int, ipc_seed: int, ipc_per_stage: int) -> int:
     return ipc_seed if stage == 0 else ipc_per_stage
 

@@ -93,6 +93,7 @@ def stage_settings(cfg: Config, stage: int) -> SampleSettings:
         autocast=g.dtype == "bf16", vae_checkpointing=g.vae_checkpointing,
         grad_space=d.grad_space, views=d.views, grad_blur=d.grad_blur, gate=d.gate, prune_at=d.prune_at,
         prune_keep=d.prune_keep, clip_x0=g.clip_x0, unguided_candidates=d.unguided_candidates if guided else 0,
+        time_travel=d.time_travel,
     )
 
 
