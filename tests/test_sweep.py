@@ -380,6 +380,8 @@ def test_variants_cross_the_grid():
     assert (trial_config(travel, {"seed": 0}, "time-travel-exact").distill.gate,
             trial_config(travel, {"seed": 0}, "time-travel").distill.time_travel) == (0.0, 1)
     assert load_sweep("jobs/sweep_photo_time_travel.yaml").trials == 12
+    steps = load_sweep("jobs/sweep_photo_generator_steps.yaml")  # the generator's own row, two lengths
+    assert steps.trials == 8 and trial_config(steps, {"seed": 0}, "steps-6000").generator.path.endswith("6000/ema")
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 
