@@ -1,8 +1,10 @@
 """The generator's training as a Ray task: the weights of in-process training to the bit, the GPU it
-asks for, and a worker SIGKILLed mid-training retried by Ray to the same weights."""
+asks for, a worker SIGKILLed mid-training retried by Ray to the same weights, and a progress bar that
+keeps a log readable."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ import torch
 
 import lgd_ray.core.train_generator as tg
 from lgd_ray.core.generator import load_generator
+from lgd_ray.core.progress import progress_bar
 from lgd_ray.engine.generator_job import run_generator_training, write_folder
 
 from helpers import quadrant_set, raylet_pid, titled, write_class_folder
@@ -67,7 +70,9 @@ def test_a_training_worker_killed_midway_is_retried_to_the_same_weights(ray_sess
 
 
 def test_train_generator_asks_ray_for_the_gpu_configured(tmp_path):
-    """Its own Ray instance with one declared GPU: torch sees none, Ray assigns it, the generator records it."""
+    """Its own Ray instance with one declared GPU: torch sees none, Ray assigns it, the generator records it.
+    Its stderr is a pipe, as under `ray job submit`: the bar draws a frame on start and on close, not
+    one per step."""
     root = write_class_folder(tmp_path / "data", ("n01440764", "n02102040"), (6, 2))
     out = tmp_path / "gen"
     code = f"""
@@ -76,10 +81,24 @@ ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_t
          object_store_memory=128 * 1024 * 1024, configure_logging=False)
 from lgd_ray.cli import main
 assert main(["train-generator", "data.name=imagefolder", "data.root={root}", "ray.gpus_per_task=1",
-             "--arch", "unet-micro", "--steps", "3", "--batch-size", "4", "--out", {str(out)!r}]) == 0
+             "--arch", "unet-micro", "--steps", "20", "--batch-size", "4", "--out", {str(out)!r}]) == 0
 """
-    got = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ""}, timeout=600, check=False,
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # the suite silences bars; this test reads one
+    got = subprocess.run([sys.executable, "-c", code], env={**env, "RAY_ADDRESS": ""}, timeout=600, check=False,
                          capture_output=True, text=True)
     assert got.returncode == 0, got.stderr[-2000:]
-    assert "3 steps on cpu, 1 GPU" in got.stdout
+    assert "20 steps on cpu, 1 GPU" in got.stdout
+    frames = [f for f in got.stderr.replace("\n", "\r").split("\r") if f.startswith("train-generator:")]
+    assert len(frames) <= 4 and "20/20" in frames[-1], frames
     assert json.loads((out / "lgd_ray.json").read_text())["placement"] == {"device": "cpu", "gpus": 1.0, "cpus": 1.0}
+
+
+def test_a_bar_into_a_log_draws_a_frame_every_30_s_and_on_a_terminal_as_tqdm_does():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log_bar = progress_bar(range(3), file=io.StringIO(), disable=False)
+    term_bar = progress_bar(range(3), file=Terminal(), disable=False)
+    assert log_bar.mininterval == 30 and term_bar.mininterval == 0.1
+    log_bar.close(), term_bar.close()

@@ -29,6 +29,7 @@ from lgd_ray.core.classes import (  # noqa: F401
     resolve_classes,
 )
 from lgd_ray.core.errors import UserError
+from lgd_ray.core.progress import progress_bar
 
 SOURCES = ("digits", "imagefolder", "parquet")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -276,10 +277,9 @@ def materialize(dataset: Dataset, progress: bool = False, class_ids: Sequence[st
     n = len(dataset)
     if n == 0:
         raise UserError("data.root", "the dataset holds no images", "check data.root and data.classes")
-    from tqdm import tqdm
 
     images, labels = [], []
-    for i in tqdm(range(n), desc="decoding", disable=not progress, unit="img"):
+    for i in progress_bar(range(n), desc="decoding", disable=not progress, unit="img"):
         x, y = dataset[i]
         images.append(torch.as_tensor(x))
         labels.append(int(y))

@@ -26,6 +26,7 @@ from .guidance import (
     select_best,
     shifted_views,
 )
+from .progress import progress_bar
 from .work import WorkItem, derived_seed, item_seed
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; a Train worker needs none of it
@@ -236,9 +237,8 @@ def sample_items(gen: Generator, items: list[WorkItem], s: SampleSettings, class
     bs = max(s.k, s.batch_size // s.k * s.k) if s.pruning() else s.batch_size
     batches = range(0, n, bs)
     if progress:
-        from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="sampling", unit="batch")
+        batches = progress_bar(batches, desc="sampling", unit="batch")
     for b in batches:
         part = pairs[b:b + bs]
         labels = torch.tensor([it.label for it, _ in part])

@@ -17,10 +17,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from tqdm.auto import tqdm
 
 from lgd_ray.core.config import AUGMENTS, TrainingConfig, check_training
 from lgd_ray.core.errors import UserError
+from lgd_ray.core.progress import progress_bar
 
 JITTER = 0.2  # brightness/contrast/saturation factors drawn from [1 - JITTER, 1 + JITTER]
 
@@ -268,7 +268,7 @@ def train_classifier(model: nn.Module, dataset: Dataset, settings: TrainSettings
         opt.load_state_dict(resume["optimizer"])
         shuffle_gen.set_state(resume["rng"]["shuffle"])
         aug_gen.set_state(resume["rng"]["augment"])
-    bar = tqdm(range(start, settings.epochs), desc="train", disable=not progress, leave=False,
+    bar = progress_bar(range(start, settings.epochs), desc="train", disable=not progress, leave=False,
                initial=start, total=settings.epochs)
     for epoch in bar:
         lr = lr_at(settings, epoch)

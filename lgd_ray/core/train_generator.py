@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .data import ImageSet
 from .errors import UserError
 from .generator import Generator, create_generator
+from .progress import progress_bar
 
 
 @dataclass
@@ -66,9 +67,8 @@ def train_generator(data: ImageSet, s: GeneratorTrainSettings, *, device: str = 
     steps = range(s.steps)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
-        steps = bar = tqdm(steps, desc="train-generator", unit="step")
+        steps = bar = progress_bar(steps, desc="train-generator", unit="step")
     start, done = time.time(), 0
     for step in steps:
         idx = torch.randint(0, len(images), (s.batch_size,), generator=g).to(device)

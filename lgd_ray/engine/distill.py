@@ -23,6 +23,7 @@ from ..core.config import Config, dump_yaml
 from ..core.data import load_source, materialize, random_subset_per_class
 from ..core.errors import UserError
 from ..core.guidance import ClassMemory
+from ..core.progress import progress_bar
 from ..core.sampler import Sample, SampleSettings
 from ..core.work import WorkItem, chunk, stage_ipc, stage_items
 from .run import RunInfo, log, report_failure, resolve_run
@@ -219,9 +220,8 @@ class LazyPool:
 def _bar(progress: bool, total: int, initial: int, desc: str):
     if not progress:
         return None
-    from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="part")
+    return progress_bar(total=total, initial=initial, desc=desc, unit="part")
 
 
 def train_stage_student(cfg: Config, out: OutputDir, run: RunInfo, stage: int, init: dict | None,

@@ -23,6 +23,7 @@ from ..core.config import EvalConfig
 from ..core.data import ImageSet
 from ..core.errors import UserError
 from ..core.evaluate import evaluate_seed, summarize
+from ..core.progress import progress_bar
 from ..core.students import build_student
 from ..core.teacher import (
     FIELD,
@@ -123,9 +124,8 @@ def wait_all(refs: dict, progress: bool, desc: str) -> dict:
     """ray.get every ref, as they finish; returns {key: result}."""
     bar = None
     if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(refs), desc=desc, unit="run", file=sys.stderr)
+        bar = progress_bar(total=len(refs), desc=desc, unit="run", file=sys.stderr)
     done, pending = {}, list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

@@ -22,6 +22,7 @@ import torch
 from ray.util.queue import Empty, Queue
 
 from ..core.data import ImageSet
+from ..core.progress import progress_bar
 from ..core.train_generator import GeneratorTrainSettings, train_generator
 from .eval_tasks import placement
 
@@ -85,9 +86,8 @@ def run_generator_training(data: ImageSet, settings: GeneratorTrainSettings, *, 
     ref = task.remote(ray.put(data), settings, extra_meta, keep_last, save, queue)
     bar, current = None, None
     if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=settings.steps, desc="train-generator", unit="step", file=sys.stderr)
+        bar = progress_bar(total=settings.steps, desc="train-generator", unit="step", file=sys.stderr)
     try:
         while True:
             ready, _ = ray.wait([ref], timeout=0.2)
@@ -102,8 +102,7 @@ def run_generator_training(data: ImageSet, settings: GeneratorTrainSettings, *, 
                     if attempt != current:  # the first step, or a retry from step 0: the rate starts here
                         bar.reset(total=settings.steps)
                         current = attempt
-                    bar.n = step
-                    bar.refresh()
+                    bar.update(step - bar.n)  # update, not refresh: the bar keeps tqdm's mininterval
             if ready:
                 return ray.get(ref)
     finally:
