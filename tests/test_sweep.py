@@ -382,6 +382,10 @@ def test_variants_cross_the_grid():
     assert load_sweep("jobs/sweep_photo_time_travel.yaml").trials == 12
     steps = load_sweep("jobs/sweep_photo_generator_steps.yaml")  # the generator's own row, two lengths
     assert steps.trials == 8 and trial_config(steps, {"seed": 0}, "steps-6000").generator.path.endswith("6000/ema")
+    sampler = load_sweep("jobs/sweep_photo_scheduler.yaml")  # DDIM against DDPM, row for row
+    assert sampler.trials == 24 and trial_config(sampler, {"seed": 0}, "lgd-ddim").hash() == sampler.base.hash()
+    ddpm = trial_config(sampler, {"seed": 0}, "lgd-ddpm")
+    assert (ddpm.generator.scheduler, ddpm.generator.num_steps, ddpm.distill.window) == ("ddpm", 25, sampler.base.distill.window)
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 
