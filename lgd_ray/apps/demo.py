@@ -22,7 +22,7 @@ from ..core.data import ImageSet, load_part, materialize, random_subset_per_clas
 from ..core.errors import UserError
 from ..engine.distill import distill
 from ..engine.eval_tasks import evaluate_sets, load_teacher, reference_fidelity
-from ..engine.run import log, resolve_classes_only, resolve_run
+from ..engine.run import log, resolve_classes_only, resolve_run, with_named_sampler
 from ..engine.sampler_actors import load_state
 from ..engine.store import OutputDir, load_weights, stage_name
 from .diagnostics import cartography_report, progression_plot, redundancy
@@ -130,7 +130,7 @@ def run_demo(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: bo
              teacher: torch.nn.Module | None = None) -> dict:
     """`teacher`: the soft protocol's (eval.protocol=soft), when the caller loaded it already.
     `generator_steps` / `generator_minutes`: the training of a generator for data other than the digits."""
-    cfg = ensure_generator(cfg, out_uri, generator_steps, progress, generator_minutes)
+    cfg = with_named_sampler(ensure_generator(cfg, out_uri, generator_steps, progress, generator_minutes))
     run = resolve_run(cfg)
     if teacher is None:
         teacher = load_teacher(cfg.eval, run.class_ids, cfg.data.image_size, run.in_channels)

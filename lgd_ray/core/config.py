@@ -49,7 +49,8 @@ class GeneratorConfig:
     # "builtin:digits" = the tiny pixel-space model shipped in the package; else a local diffusers
     # directory or a hub id (e.g. facebook/DiT-XL-2-256), loaded offline.
     path: str = "builtin:digits"
-    scheduler: str = "ddim"  # ddim | ddpm
+    # ddim | ddpm | auto: the sampler the generator folder names (lgd_ray.json "sampler"; core/generator.py)
+    scheduler: str = "auto"
     num_steps: int = 25
     cfg_scale: float = 1.0  # 1.0 = no classifier-free guidance (one forward instead of two)
     class_map: list[int] | None = None  # student label -> generator class; None = match class ids
@@ -239,6 +240,7 @@ SOFT_LABEL_KEYS = ("protocol", "teacher", "temperature")  # of the eval section
 LEVERS_OFF = {"grad_space": "xt", "views": 1, "grad_blur": 0.0, "gate": 0.0, "prune_at": -1, "prune_keep": 1,
               "unguided_candidates": 0, "time_travel": 0}
 GRAD_SPACES = ("xt", "x0")
+SCHEDULERS = ("auto", "ddim", "ddpm")
 PROTOCOLS = ("hard", "soft")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
@@ -396,8 +398,8 @@ def validate(cfg: Config) -> None:
     if bs != "auto" and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
         raise UserError("generator.batch_size", f"expected a positive integer or auto, got {g.batch_size!r}",
                         "give e.g. 24 (slots x κ), or auto for the largest batch that fits the GPU")
-    if g.scheduler not in ("ddim", "ddpm"):
-        raise UserError("generator.scheduler", f"unknown scheduler {g.scheduler!r}", "choose ddim or ddpm")
+    if g.scheduler not in SCHEDULERS:
+        raise UserError("generator.scheduler", f"unknown scheduler {g.scheduler!r}", "choose ddim, ddpm or auto")
     if g.dtype not in ("auto", "fp32", "bf16"):
         raise UserError("generator.dtype", f"unknown dtype {g.dtype!r}", "choose auto, fp32 or bf16")
     if g.convention not in ("auto", "dit", "diffusers"):  # generator.CONVENTIONS (not imported: no diffusers here)

@@ -40,6 +40,9 @@ CONVENTIONS = ("auto", "dit", "diffusers")  # generator.convention (config.py va
 # DiT's forward_with_cfg guides ε channels :3 of its 4 latent channels "for exact reproducibility" of
 # its paper; channel 3 and the σ half come from the conditional pass.
 DIT_CFG_CHANNELS = 3
+# The sampler of `generator.scheduler: auto` for a generator whose folder names none (hub models, and
+# folders written before lgd_ray.json named one: the shipped digits model, whose tables were made with it)
+DEFAULT_SAMPLER = "ddim"
 
 
 @dataclass
@@ -55,6 +58,12 @@ class GeneratorInfo:
         """False for a model trained by this project: train_generator.py fits only the ε half (MSE),
         so its σ channels are untrained outputs, never a variance to sample with."""
         return "train" not in self.extra
+
+
+def named_sampler(info: GeneratorInfo) -> str:
+    """The sampler a generator folder names for itself (lgd_ray.json "sampler"), the one its samples
+    were judged with; `lgd-ray train-generator` names ddpm (core/train_generator.py says why)."""
+    return str(info.extra.get("sampler", DEFAULT_SAMPLER))
 
 
 class Generator:
@@ -141,8 +150,9 @@ class Generator:
         return "learned_range" if self.convention == "dit" else self._own_variance
 
     def set_scheduler(self, kind: str, num_steps: int) -> None:
-        """Swap in DDIM or DDPM (from the model's own scheduler config) with `num_steps` steps."""
-        cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[kind]
+        """Swap in DDIM or DDPM (from the model's own scheduler config) with `num_steps` steps; `auto`:
+        the one the generator's folder names (`named_sampler`)."""
+        cls = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}[named_sampler(self.info) if kind == "auto" else kind]
         # DDIM (η = 0) adds no noise: its variance is never used, so only DDPM takes the convention's
         extra = {"variance_type": self._variance()} if cls is DDPMScheduler else {}
         self.scheduler = cls.from_config(self.scheduler.config, clip_sample=False, **extra)

@@ -11,7 +11,8 @@ LOG_INTERVAL_S = 30.0
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
     """tqdm, with a frame every 30 s when it writes to a file or pipe (a log, `ray job logs`) rather
     than a terminal: there every frame stays in the log, ten a second by default, all on one line."""
-    from tqdm.auto import tqdm  # imported here: a worker that shows no bar never loads it
+    # imported here: a worker that shows no bar never loads it
+    from tqdm.auto import tqdm
 
     stream = kwargs.get("file") or sys.stderr
     if not (hasattr(stream, "isatty") and stream.isatty()):

@@ -26,7 +26,7 @@ from ..core.guidance import ClassMemory
 from ..core.progress import progress_bar
 from ..core.sampler import Sample, SampleSettings
 from ..core.work import WorkItem, chunk, stage_ipc, stage_items
-from .run import RunInfo, log, report_failure, resolve_run
+from .run import RunInfo, log, report_failure, resolve_run, with_named_sampler
 from .store import (
     OutputDir,
     StageParams,
@@ -281,6 +281,7 @@ def distill(cfg: Config, out_uri: str, *, overwrite: bool = False, progress: boo
     from .figures import write_previews
     from .sampler_actors import SamplerPool
 
+    cfg = with_named_sampler(cfg)
     run = resolve_run(cfg)
     out = OutputDir(out_uri)
     resumed = prepare_output(out, cfg, overwrite)

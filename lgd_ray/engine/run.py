@@ -3,6 +3,7 @@ generator class map, and the saved config of an existing output."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -74,10 +75,27 @@ def resolve_classes_only(cfg: Config) -> list[str]:
     return resolve_classes(d.classes, available)
 
 
+def with_named_sampler(cfg: Config) -> Config:
+    """The config with `generator.scheduler: auto` replaced by the sampler the generator's folder names,
+    so a run's config.yaml and hash say what sampled it (auto and that sampler named outright are one run)."""
+    if cfg.generator.scheduler != "auto":
+        return cfg
+    # diffusers: not in Train workers
+    from ..core.generator import named_sampler, read_generator_info
+
+    c = copy.deepcopy(cfg)
+    c.generator.scheduler = named_sampler(read_generator_info(cfg.generator.path))
+    return c
+
+
 def resolve_run(cfg: Config) -> RunInfo:
     """Check the config against the data and the generator; every mismatch is a one-line UserError."""
     class_ids = resolve_classes_only(cfg)
-    from ..core.generator import check_guidance_decoder, is_latent, read_generator_info  # diffusers: not in Train workers
+    from ..core.generator import (  # diffusers: not in Train workers
+        check_guidance_decoder,
+        is_latent,
+        read_generator_info,
+    )
 
     info = read_generator_info(cfg.generator.path)
     if cfg.generator.class_map is not None:
