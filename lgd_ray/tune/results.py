@@ -12,6 +12,7 @@ from typing import Any
 
 from ..core.config import dump_yaml
 from ..core.evaluate import mean_se
+from ..engine.run import with_named_sampler
 from ..engine.store import OutputDir
 from .spec import VARIANT, Sweep, trial_config
 
@@ -161,7 +162,7 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     best = best_row(rows, sweep.stages)
     if best_group is not None:
         params = {**best_group["params"], **({"seed": sweep.base.seed} if "seed" in keys else {})}
-        cfg = trial_config(sweep, params, best_group["variant"])
+        cfg = with_named_sampler(trial_config(sweep, params, best_group["variant"]))  # as the trial's config.json
         md += ["", f"Best: {best_group['variant'] or ''} {params}, eval acc {100 * best_group['mean']:.1f} ± "
                f"{100 * best_group['se']:.1f}% on the selection split; config in best.yaml."]
         dest.write_text("best.yaml", "# best variant of `lgd-ray tune` by eval_acc on the selection split; "
@@ -169,7 +170,7 @@ def write_results(out: str, sweep: Sweep, rows: list[dict]) -> dict:
     elif best is not None:
         md += ["", f"Best: {best['trial_id']} ({', '.join(f'{k}={_fmt(v)}' for k, v in best['params'].items())}), "
                f"selection-split accuracy {100 * best['final_acc']:.1f}% at stage {best['stages_done']}; config in best.yaml."]
-        cfg = trial_config(sweep, best["params"], best["variant"])
+        cfg = with_named_sampler(trial_config(sweep, best["params"], best["variant"]))
         dest.write_text("best.yaml", f"# best trial {best['trial_id']} of `lgd-ray tune`; "
                                      f"run with: lgd-ray distill best.yaml --out DIR\n" + dump_yaml(cfg))
     dest.write_text("trials.md", "\n".join(md) + "\n")
