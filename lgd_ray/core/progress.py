@@ -16,5 +16,7 @@ def progress_bar(iterable: Iterable | None = None, **kwargs: Any):
 
     stream = kwargs.get("file") or sys.stderr
     if not (hasattr(stream, "isatty") and stream.isatty()):
+        # both: tqdm's monitor redraws a bar left for maxinterval (10 s by default) whatever mininterval says
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
+        kwargs.setdefault("maxinterval", LOG_INTERVAL_S)
     return tqdm(iterable, **kwargs)
