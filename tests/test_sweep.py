@@ -386,6 +386,9 @@ def test_variants_cross_the_grid():
     assert sampler.trials == 24 and trial_config(sampler, {"seed": 0}, "lgd-ddim").hash() == sampler.base.hash()
     ddpm = trial_config(sampler, {"seed": 0}, "lgd-ddpm")
     assert (ddpm.generator.scheduler, ddpm.generator.num_steps, ddpm.distill.window) == ("ddpm", 25, sampler.base.distill.window)
+    k3 = trial_config(sampler, {"seed": 3}, "lgd-ddpm")  # the κ = 1 sweep is these trials with κ = 1, nothing else
+    k3.distill.k = 1
+    assert trial_config(load_sweep("jobs/sweep_photo_k.yaml"), {"seed": 3}, "lgd-k1-ddpm").hash() == k3.hash()
     rank, lgd = trial_config(guidance, {"seed": 2}, "rank-only"), trial_config(guidance, {"seed": 2}, "lgd")
     assert (rank.distill.lam, rank.distill.gamma, rank.distill.k, rank.distill.gate) == (0.0, 0.0, lgd.distill.k, lgd.distill.gate)
 
