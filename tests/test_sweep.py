@@ -450,7 +450,8 @@ def test_an_ablation_chooses_on_the_selection_split(ray_session, tiny_generator_
     selection split (engine.eval_tasks.evaluate_on_selection); the grouped table and best.yaml follow from them."""
     import yaml
 
-    tree = {**LEVERS, "variants": {"lgd": {}, "gated": {"distill.gate": 0.5}}}
+    # the ungated base pinned, as jobs/sweep_levers.yaml does: the gate is on by default
+    tree = {**LEVERS, "variants": {"lgd": {"distill.gate": 0.0}, "gated": {"distill.gate": 0.5}}}
     s = parse_sweep(tree, tiny_sweep_overrides(tiny_generator_dir, reference_file) + ["eval.epochs=3", "eval.seeds=[0,1]"])
     summary = run_sweep(s, str(tmp_path / "out"), progress=False)
     assert summary["status"] == {"completed": 4}
