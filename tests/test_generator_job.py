@@ -101,4 +101,5 @@ def test_a_bar_into_a_log_draws_a_frame_every_30_s_and_on_a_terminal_as_tqdm_doe
     log_bar = progress_bar(range(3), file=io.StringIO(), disable=False)
     term_bar = progress_bar(range(3), file=Terminal(), disable=False)
     assert (log_bar.mininterval, log_bar.maxinterval, term_bar.mininterval, term_bar.maxinterval) == (30, 30, 0.1, 10)
-    log_bar.close(), term_bar.close()
+    log_bar.close()
+    term_bar.close()

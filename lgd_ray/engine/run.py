@@ -91,11 +91,7 @@ def with_named_sampler(cfg: Config) -> Config:
 def resolve_run(cfg: Config) -> RunInfo:
     """Check the config against the data and the generator; every mismatch is a one-line UserError."""
     class_ids = resolve_classes_only(cfg)
-    from ..core.generator import (  # diffusers: not in Train workers
-        check_guidance_decoder,
-        is_latent,
-        read_generator_info,
-    )
+    from ..core.generator import check_guidance_decoder, is_latent, read_generator_info  # diffusers: not in Train workers
 
     info = read_generator_info(cfg.generator.path)
     if cfg.generator.class_map is not None:
